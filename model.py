@@ -1,0 +1,398 @@
+"""GPT-2 in one module: the config and its presets, the model, Hugging Face weight loading, the optimizer and
+KV-cached sampling. Module names mirror the Hugging Face GPT-2 checkpoint keys.
+
+This file knows nothing about ranks, logs, run directories or command lines.
+"""
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest context, also the number of learned positions
+    vocab_size: int = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+# The four published GPT-2 sizes (Hugging Face names) and two small ones for CPU work.
+PRESETS: dict[str, dict] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),  # ~30M, the CPU quickstart
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),  # ~3.3M, tests
+}
+HF_MODEL_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+# Hugging Face's GPT-2 stores these Linear layers as Conv1D, whose weight is (in_features, out_features).
+HF_CONV1D_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+# Non-parameter buffers of older Hugging Face GPT-2 checkpoints (the causal mask). Matched by exact suffix:
+# a substring test like `"attn.bias" in key` would also drop `attn.c_attn.bias`.
+HF_BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+RESIDUAL_PROJECTIONS = (".attn.c_proj.weight", ".mlp.c_proj.weight")
+
+
+def config_from_preset(name: str, **overrides) -> GPTConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose from {', '.join(PRESETS)}")
+    return GPTConfig(**{**PRESETS[name], **overrides})
+
+
+class KVCache:
+    """Keys and values of one attention layer, preallocated for max_len positions and filled left to right."""
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.k: Optional[torch.Tensor] = None
+        self.v: Optional[torch.Tensor] = None
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nh, T, hd) at positions start..start+T-1; return all keys and values so far."""
+        B, nh, T, hd = k.shape
+        if start + T > self.max_len:
+            raise ValueError(f"KV cache overflow: {start + T} positions > {self.max_len}")
+        if self.k is None:  # allocate on first use, so the cache takes the dtype autocast gives k and v
+            self.k = k.new_zeros(B, nh, self.max_len, hd)
+            self.v = v.new_zeros(B, nh, self.max_len, hd)
+        self.k[:, :, start : start + T] = k
+        self.v[:, :, start : start + T] = v
+        return self.k[:, :, : start + T], self.v[:, :, : start + T]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, start: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        hd = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+        v = v.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+        if cache is not None:
+            k, v = cache.update(start, k, v)  # (B, nh, start + T, hd)
+        if start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:  # one new token sees every cached position
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:  # a chunk after a cached prefix: query i (position start + i) sees keys 0..start + i
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hd) -> (B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2 used the tanh approximation
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, start: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        self.apply(self._init_weights)
+        # Each block adds two projections to the residual stream; scale them so its variance stays ~constant.
+        residual_std = 0.02 * (2 * config.n_layer) ** -0.5
+        for name, p in self.named_parameters():
+            if name.endswith(RESIDUAL_PROJECTIONS):
+                nn.init.normal_(p, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, the tied wte/lm_head counted once; non_embedding leaves out the position embedding."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len: Optional[int] = None) -> int:
+        """Training FLOPs (forward + backward) per token: 6N for the weights plus 12*L*H*hd*T for attention."""
+        c = self.config
+        T = seq_len or c.block_size
+        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
+
+    def _hidden(self, idx: torch.Tensor, caches: Optional[list[KVCache]] = None, start: int = 0) -> torch.Tensor:
+        B, T = idx.shape
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of length {start + T} is longer than the model's block_size {self.config.block_size}"
+            )
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, caches[i] if caches is not None else None, start)
+        return self.transformer.ln_f(x)  # (B, T, C)
+
+    def forward(
+        self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """idx (B, T) token ids -> logits (B, T, vocab); loss is the mean cross-entropy where targets != -1."""
+        logits = self.lm_head(self._hidden(idx))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Hugging Face weights
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> "GPT":
+        """Load GPT-2 weights: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a save_pretrained dir."""
+        from transformers import GPT2LMHeadModel  # heavy import, only needed here
+
+        path = Path(name_or_path)
+        if path.is_dir():
+            try:
+                hf = GPT2LMHeadModel.from_pretrained(path)
+            except Exception as e:  # transformers raises several types for a broken directory
+                raise ValueError(f"{path} is not a readable Hugging Face GPT-2 directory: {e}") from None
+        elif name_or_path in HF_MODEL_NAMES:
+            try:
+                hf = GPT2LMHeadModel.from_pretrained(name_or_path)
+            except Exception as e:  # offline, hub down, no disk space ...
+                first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise OSError(
+                    f"could not fetch {name_or_path!r} from the Hugging Face hub ({first_line}). Offline? On a "
+                    f"machine that is online run GPT2LMHeadModel.from_pretrained({name_or_path!r})"
+                    f".save_pretrained('DIR'), copy DIR here and pass its path instead"
+                ) from None
+        else:
+            raise ValueError(
+                f"unknown model {name_or_path!r}: expected one of {', '.join(HF_MODEL_NAMES)} "
+                f"or a directory written by transformers' save_pretrained"
+            )
+        return cls.from_hf_state_dict(hf.state_dict(), config_from_hf(hf.config))
+
+    @classmethod
+    def from_hf_state_dict(cls, hf_state: dict[str, torch.Tensor], config: GPTConfig) -> "GPT":
+        """Build a GPT from a transformers GPT2LMHeadModel state dict, checking every key and shape."""
+        hf_state = {k: v for k, v in hf_state.items() if not k.endswith(HF_BUFFER_SUFFIXES)}
+        model = cls(config)
+        ours = model.state_dict()
+        hf_state.setdefault("lm_head.weight", hf_state.get("transformer.wte.weight"))  # tied; may be omitted
+        missing = sorted(ours.keys() - hf_state.keys())
+        unexpected = sorted(hf_state.keys() - ours.keys())
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint keys do not match GPT-2: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
+        with torch.no_grad():
+            for key, value in hf_state.items():
+                if key.endswith(HF_CONV1D_SUFFIXES):
+                    value = value.t()  # Conv1D (in, out) -> Linear (out, in)
+                if value.shape != ours[key].shape:
+                    raise ValueError(
+                        f"shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model {tuple(ours[key].shape)}"
+                    )
+                ours[key].copy_(value)
+        return model
+
+    def to_hf_state_dict(self, vocab_size: Optional[int] = None) -> dict[str, torch.Tensor]:
+        """Our weights under Hugging Face GPT-2 keys (Conv1D transposed), the vocabulary cut to vocab_size rows."""
+        vocab_size = vocab_size or self.config.vocab_size
+        out = {}
+        for key, value in self.state_dict().items():
+            if key.endswith(HF_CONV1D_SUFFIXES):
+                value = value.t()
+            if key in ("transformer.wte.weight", "lm_head.weight"):
+                value = value[:vocab_size]
+            out[key] = value.detach().clone().contiguous()
+        return out
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Training
+
+    def configure_optimizers(
+        self,
+        weight_decay: float,
+        learning_rate: float,
+        device_type: str,
+        log: Optional[Callable[[str], None]] = None,
+    ) -> torch.optim.AdamW:
+        """AdamW (0.9, 0.95, eps 1e-8), weight decay only on matrices and embeddings (dim >= 2)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+        if log is not None:
+            log(
+                f"decayed: {len(decay)} tensors, {sum(p.numel() for p in decay):,} parameters; "
+                f"not decayed: {len(no_decay)} tensors, {sum(p.numel() for p in no_decay):,} parameters; "
+                f"fused AdamW: {fused}"
+            )
+        return optimizer
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Sampling
+
+    def _next_logits(self, idx: torch.Tensor, caches: Optional[list[KVCache]], start: int) -> torch.Tensor:
+        """Logits (B, V) for the token after idx, computing the vocabulary projection for the last position only."""
+        x = self._hidden(idx, caches, start)  # (B, T, C)
+        return self.lm_head(x[:, -1, :]).float()  # (B, V)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        use_cache: bool = True,
+        vocab_limit: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Append max_new_tokens sampled tokens to idx (B, T); temperature 0 is greedy.
+
+        vocab_limit restricts sampling to ids below it: the rows a padded vocabulary adds are no tokens.
+
+        With use_cache the prompt is run once and each new token costs one position. Past block_size the context
+        window slides, which shifts every position, so from there each step recomputes the last block_size tokens,
+        exactly as the cache-free path does.
+        """
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError(f"idx must be a non-empty (batch, time) tensor, got shape {tuple(idx.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        vocab_limit = min(vocab_limit or self.config.vocab_size, self.config.vocab_size)
+        if top_k is not None and not 1 <= top_k <= vocab_limit:
+            raise ValueError(f"top_k must be in 1..{vocab_limit}, got {top_k}")
+        block_size = self.config.block_size
+        was_training = self.training
+        self.eval()
+        caches = None
+        for _ in range(max_new_tokens):
+            length = idx.size(1)
+            if not use_cache or length > block_size:
+                logits = self._next_logits(idx[:, -block_size:], None, 0)
+            elif caches is None:  # prefill the prompt
+                caches = [KVCache(block_size) for _ in range(self.config.n_layer)]
+                logits = self._next_logits(idx, caches, 0)
+            else:  # the cache holds positions 0..length-2; run only the newest token
+                logits = self._next_logits(idx[:, -1:], caches, length - 1)
+            next_id = sample_next(logits[:, :vocab_limit], temperature, top_k, generator)  # (B, 1)
+            idx = torch.cat([idx, next_id], dim=1)
+        self.train(was_training)
+        return idx
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_k: Optional[int], generator: Optional[torch.Generator]
+) -> torch.Tensor:
+    """Pick one token per row from logits (B, V) -> (B, 1)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def config_from_hf(hf_config) -> GPTConfig:
+    """GPTConfig from a transformers GPT2Config, refusing variants this architecture does not implement."""
+    unsupported = {
+        "activation_function": (hf_config.activation_function, ("gelu_new", "gelu_pytorch_tanh")),
+        "n_inner": (hf_config.n_inner, (None, 4 * hf_config.n_embd)),
+        "layer_norm_epsilon": (hf_config.layer_norm_epsilon, (1e-5,)),
+        "scale_attn_weights": (getattr(hf_config, "scale_attn_weights", True), (True,)),
+        "scale_attn_by_inverse_layer_idx": (getattr(hf_config, "scale_attn_by_inverse_layer_idx", False), (False,)),
+        "reorder_and_upcast_attn": (getattr(hf_config, "reorder_and_upcast_attn", False), (False,)),
+        "add_cross_attention": (getattr(hf_config, "add_cross_attention", False), (False,)),
+    }
+    for name, (value, allowed) in unsupported.items():
+        if value not in allowed:
+            raise ValueError(f"unsupported GPT-2 variant: {name}={value!r} (this model implements {allowed[0]!r})")
+    return GPTConfig(
+        block_size=hf_config.n_positions,
+        vocab_size=hf_config.vocab_size,
+        n_layer=hf_config.n_layer,
+        n_head=hf_config.n_head,
+        n_embd=hf_config.n_embd,
+    )
+
+
+def hf_config_from(config: GPTConfig):
+    """The transformers GPT2Config of our config."""
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=True,
+        bos_token_id=50256,
+        eos_token_id=50256,
+    )
+

@@ -1,0 +1,94 @@
+"""Sample text from a checkpoint of ours, a Hugging Face GPT-2 directory, or pretrained GPT-2.
+
+    python sample.py --init gpt2 -p "Hello, I'm a language model," -n 4 -m 32 --top-k 50
+"""
+
+from typing import Optional
+
+import torch
+
+from checkpoint import load_model
+from common import (
+    ArgumentParser,
+    autocast,
+    non_negative_float,
+    non_negative_int,
+    pick_device,
+    pick_dtype,
+    positive_int,
+    run_cli,
+)
+from model import GPT
+from tokenizer import EOT_ID, get_tokenizer
+
+
+def sample_texts(
+    model: GPT,
+    prompt: str,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: Optional[int] = 50,
+    seed: int = 42,
+    dtype: torch.dtype = torch.float32,
+    use_cache: bool = True,
+) -> list[str]:
+    """num_samples continuations of prompt (prompt included); an empty prompt starts from <|endoftext|>."""
+    enc = get_tokenizer()
+    device = next(model.parameters()).device
+    ids = enc.encode(prompt, allowed_special="all") if prompt else [EOT_ID]
+    idx = torch.tensor(ids, dtype=torch.long, device=device).unsqueeze(0).repeat(num_samples, 1)  # (N, T)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with autocast(device, dtype):
+        out = model.generate(
+            idx,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+            use_cache=use_cache,
+            vocab_limit=enc.n_vocab,
+        )
+    return [enc.decode(row) for row in out.tolist()]
+
+
+def parse_args(argv: Optional[list[str]] = None):
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--init", default="gpt2", help="checkpoint .pt, Hugging Face GPT-2 directory, or hub name")
+    parser.add_argument("-p", "--prompt", default="Hello, I'm a language model,", help="empty: <|endoftext|>")
+    parser.add_argument("-n", "--num-samples", type=positive_int, default=4, help="how many samples")
+    parser.add_argument("-m", "--max-new-tokens", type=positive_int, default=32, help="tokens to add to each")
+    parser.add_argument("--top-k", type=positive_int, default=50, help="sample among the k likeliest tokens")
+    parser.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
+    parser.add_argument("--seed", type=non_negative_int, default=42, help="random seed of the sampler")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="auto", help="autocast dtype: auto, float32, bfloat16, float16")
+    parser.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    dtype = pick_dtype(device, args.dtype)
+    model = load_model(args.init, device)
+    vocab = min(model.config.vocab_size, get_tokenizer().n_vocab)
+    if args.top_k > vocab:
+        raise ValueError(f"--top-k {args.top_k} is larger than the vocabulary ({vocab})")
+    texts = sample_texts(
+        model,
+        args.prompt,
+        args.num_samples,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        dtype=dtype,
+        use_cache=not args.no_cache,
+    )
+    for i, text in enumerate(texts, start=1):
+        print(f"sample {i}: {text}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

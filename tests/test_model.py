@@ -1,0 +1,240 @@
+"""The model against independent references: transformers' GPT-2, float64 loss computations, hand counts."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_hf_model
+
+from model import GPT, GPTConfig, config_from_hf, config_from_preset
+
+# fp32 on CPU: our SDPA attention and transformers' differ only in summation order, ~1e-7 relative on logits
+# of magnitude ~1; 1e-4 leaves room for other BLAS builds while still catching any real mapping error.
+LOGIT_TOL = 1e-4
+
+
+def test_parameter_counts_of_124m():
+    assert GPT(GPTConfig()).num_params() == 124_439_808
+    assert GPT(GPTConfig(vocab_size=50304)).num_params() == 124_475_904
+
+
+def test_presets_match_published_shapes():
+    assert config_from_preset("gpt2-medium") == GPTConfig(n_layer=24, n_head=16, n_embd=1024)
+    assert config_from_preset("gpt2-large") == GPTConfig(n_layer=36, n_head=20, n_embd=1280)
+    assert config_from_preset("gpt2-xl") == GPTConfig(n_layer=48, n_head=25, n_embd=1600)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        config_from_preset("gpt5")
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(n_embd=100, n_head=3)
+
+
+def test_init_loss_of_124m_is_uniform_guess():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig()).eval()
+    x = torch.randint(0, 50257, (2, 128))
+    y = torch.randint(0, 50257, (2, 128))
+    with torch.no_grad():
+        _, loss = model(x, y)
+    assert 10.7 <= loss.item() <= 11.2  # ln(50257) = 10.82
+
+
+def test_init_loss_of_tiny_model_is_near_ln_vocab():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=500, n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():
+        _, loss = model(torch.randint(0, 500, (4, 32)), torch.randint(0, 500, (4, 32)))
+    assert abs(loss.item() - math.log(500)) < 0.1
+
+
+def test_init_scales_residual_projections():
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=4, n_head=4, n_embd=256, vocab_size=1000)
+    model = GPT(config)
+    h = model.transformer.h[0]
+    assert h.attn.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * 4), rel=0.05)
+    assert h.mlp.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * 4), rel=0.05)
+    assert h.attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.transformer.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.count_nonzero(h.attn.c_attn.bias) == 0
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.lm_head.bias is None
+
+
+def test_loss_ignores_minus_one_targets_against_float64_reference():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=97, n_layer=1, n_head=2, n_embd=16)).eval()
+    x = torch.randint(0, 97, (3, 16))
+    y = torch.randint(0, 97, (3, 16))
+    y[0, :5] = -1
+    y[2, 10:] = -1
+    with torch.no_grad():
+        logits, loss = model(x, y)
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    terms = [-logp[b, t, y[b, t]] for b in range(3) for t in range(16) if y[b, t] != -1]
+    assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), abs=1e-5)
+
+
+def test_input_longer_than_block_size_is_a_clear_error():
+    model = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=1, n_embd=8))
+    with pytest.raises(ValueError, match="longer than the model's block_size 8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(n_layer=1, n_head=1, n_embd=16, n_positions=16, vocab_size=101),
+        dict(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=50257),
+        dict(n_layer=3, n_head=3, n_embd=48, n_positions=24, vocab_size=300),
+    ],
+)
+def test_logits_and_loss_match_transformers(shape, tmp_path):
+    hf = make_hf_model(**shape)
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(str(tmp_path)).eval()
+    x = torch.randint(0, shape["vocab_size"], (3, shape["n_positions"]))
+    with torch.no_grad():
+        hf_out = hf(x, labels=x)
+        logits, _ = ours(x)
+        # transformers shifts labels inside; the same loss in our convention ignores the last position
+        targets = torch.cat([x[:, 1:], torch.full((3, 1), -1)], dim=1)
+        _, loss = ours(x, targets)
+    assert (logits - hf_out.logits).abs().max().item() <= LOGIT_TOL
+    assert loss.item() == pytest.approx(hf_out.loss.item(), abs=1e-5)
+
+
+def test_124m_key_mapping_against_transformers_layout():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel(GPT2Config())
+    state = hf.state_dict()
+    with torch.no_grad():
+        for key in state:
+            if key.endswith("c_attn.bias"):  # make a dropped bias visible: random values instead of zeros
+                state[key] = torch.randn_like(state[key])
+    # Older checkpoints also carry the causal-mask buffers; they must be dropped, and only they
+    state["transformer.h.0.attn.bias"] = torch.ones(1, 1, 1024, 1024)
+    state["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e4)
+    ours = GPT.from_hf_state_dict(state, config_from_hf(hf.config))
+    assert ours.num_params() == 124_439_808
+    ours_state = ours.state_dict()
+    for i in range(12):
+        p = f"transformer.h.{i}."
+        for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            assert torch.equal(ours_state[p + name + ".weight"], state[p + name + ".weight"].t())
+            assert torch.equal(ours_state[p + name + ".bias"], state[p + name + ".bias"])
+    assert torch.equal(ours_state["transformer.wpe.weight"], state["transformer.wpe.weight"])
+    assert torch.equal(ours_state["lm_head.weight"], state["transformer.wte.weight"])
+
+
+def test_key_and_shape_mismatches_name_the_key():
+    hf = make_hf_model()
+    config = config_from_hf(hf.config)
+    state = hf.state_dict()
+    del state["transformer.h.1.mlp.c_fc.bias"]
+    with pytest.raises(ValueError, match=r"transformer\.h\.1\.mlp\.c_fc\.bias"):
+        GPT.from_hf_state_dict(state, config)
+    state = hf.state_dict()
+    state["transformer.h.0.ln_2.weight"] = torch.ones(7)
+    with pytest.raises(ValueError, match=r"shape mismatch for transformer\.h\.0\.ln_2\.weight"):
+        GPT.from_hf_state_dict(state, config)
+
+
+def test_unknown_hub_name_and_broken_directory(tmp_path):
+    with pytest.raises(ValueError, match="unknown model"):
+        GPT.from_pretrained("gpt3")
+    with pytest.raises(ValueError, match="not a readable Hugging Face GPT-2 directory"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_optimizer_groups_decay_only_matrices():
+    config = GPTConfig(block_size=16, vocab_size=100, n_layer=3, n_head=2, n_embd=8)
+    model = GPT(config)
+    messages = []
+    opt = model.configure_optimizers(weight_decay=0.1, learning_rate=6e-4, device_type="cpu", log=messages.append)
+    decay, no_decay = opt.param_groups
+    C, L, V, T = 8, 3, 100, 16
+    # by hand: wte, wpe and four weight matrices per block are decayed; biases and LayerNorms are not
+    assert len(decay["params"]) == 2 + 4 * L
+    assert sum(p.numel() for p in decay["params"]) == V * C + T * C + L * (3 * C * C + C * C + 4 * C * C * 2)
+    assert len(no_decay["params"]) == 8 * L + 2
+    assert sum(p.numel() for p in no_decay["params"]) == L * (3 * C + C + 4 * C + C + 4 * C) + 2 * C
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert opt.defaults["betas"] == (0.9, 0.95) and opt.defaults["eps"] == 1e-8
+    assert "decayed: 14 tensors" in messages[0]
+
+
+def test_optimizer_groups_of_124m_match_build_nanogpt_report():
+    model = GPT(GPTConfig(vocab_size=50304))
+    decay, no_decay = model.configure_optimizers(0.1, 6e-4, "cpu").param_groups
+    assert (len(decay["params"]), sum(p.numel() for p in decay["params"])) == (50, 124_354_560)
+    assert (len(no_decay["params"]), sum(p.numel() for p in no_decay["params"])) == (98, 121_344)
+
+
+def test_cached_chunk_after_prefix_equals_full_forward():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=24, vocab_size=80, n_layer=2, n_head=2, n_embd=16)).eval()
+    from model import KVCache
+
+    x = torch.randint(0, 80, (2, 20))
+    with torch.no_grad():
+        full = model.lm_head(model._hidden(x))
+        caches = [KVCache(24) for _ in range(2)]
+        model._hidden(x[:, :7], caches, 0)
+        chunk = model.lm_head(model._hidden(x[:, 7:], caches, 7))
+    assert (chunk - full[:, 7:]).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("prompt_len,new_tokens", [(5, 8), (5, 40), (30, 10)])  # within, across, and past block
+def test_kv_cache_generation_equals_cache_free(dtype, prompt_len, new_tokens):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32)).to(dtype)
+    prompt = torch.randint(0, 64, (3, prompt_len))
+    greedy = [model.generate(prompt, new_tokens, temperature=0, use_cache=c) for c in (True, False)]
+    assert torch.equal(greedy[0], greedy[1])
+    sampled = [
+        model.generate(prompt, new_tokens, top_k=20, generator=torch.Generator().manual_seed(7), use_cache=c)
+        for c in (True, False)
+    ]
+    assert torch.equal(sampled[0], sampled[1])
+    assert sampled[0].shape == (3, prompt_len + new_tokens)
+    assert torch.equal(sampled[0][:, :prompt_len], prompt)
+
+
+def test_greedy_generation_equals_transformers(tmp_path):
+    hf = make_hf_model(n_layer=2, n_head=4, n_embd=64, n_positions=64, vocab_size=500, seed=3)
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(str(tmp_path))
+    prompt = torch.randint(0, 500, (2, 6))
+    with torch.no_grad():
+        expected = hf.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=False,
+            pad_token_id=0, eos_token_id=None,
+        )
+    assert torch.equal(ours.generate(prompt, 40, temperature=0), expected)
+
+
+def test_top_k_one_is_greedy_and_vocab_limit_is_respected():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    prompt = torch.randint(0, 64, (2, 3))
+    assert torch.equal(model.generate(prompt, 10, top_k=1), model.generate(prompt, 10, temperature=0))
+    with torch.no_grad():  # make the last 14 ids (a "padded" vocabulary) the most likely ones
+        model.lm_head.weight[50:] *= 50
+    out = model.generate(prompt, 20, temperature=2.0, vocab_limit=50)
+    assert out[:, 3:].max().item() < 50
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate(prompt, 1, top_k=51, vocab_limit=50)
+
+
+def test_sampling_distribution_follows_softmax_with_temperature():
+    from model import sample_next
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(20000, 1)
+    draws = sample_next(logits, temperature=0.5, top_k=3, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws.flatten(), minlength=4).double() / 20000
+    expected = F.softmax(torch.tensor([2.0, 1.0, 0.0]).double() / 0.5, dim=0)
+    assert freq[3] == 0
+    assert torch.allclose(freq[:3], expected, atol=0.015)

@@ -1,0 +1,113 @@
+"""sample.py end to end and its one-line errors."""
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sample
+from checkpoint import load_checkpoint, load_model, model_from_checkpoint
+from common import run_cli
+from conftest import ROOT
+
+
+def run_main(argv, capsys):
+    """Run sample.py's main in-process as the CLI does; return (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        run_cli(lambda: sample.main(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_samples_from_a_hf_directory_offline(tiny_hf_dir):
+    result = subprocess.run(
+        [sys.executable, "sample.py", "--init", str(tiny_hf_dir), "-n", "3", "-m", "5", "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("sample ")]
+    assert [line.split(":")[0] for line in lines] == ["sample 1", "sample 2", "sample 3"]
+    assert all("Hello, I'm a language model," in line for line in lines)
+
+
+def test_cli_samples_from_our_checkpoint_and_is_seeded(tiny_checkpoint, capsys):
+    argv = ["--init", str(tiny_checkpoint), "-n", "2", "-m", "8", "--seed", "3", "--device", "cpu", "-p", ""]
+    code, first, _ = run_main(argv, capsys)
+    assert code == 0
+    assert first.count("sample ") == 2 and first.startswith("sample 1: <|endoftext|>")
+    assert run_main(argv, capsys)[1] == first
+    assert run_main(argv + ["--no-cache"], capsys)[1] == first  # the cache does not change the samples
+
+
+def test_greedy_samples_equal_transformers_text(tiny_hf_dir, capsys):
+    from transformers import GPT2LMHeadModel
+
+    from tokenizer import get_tokenizer
+
+    enc = get_tokenizer()
+    code, out, _ = run_main(["--init", str(tiny_hf_dir), "-n", "1", "-m", "12", "--temperature", "0"], capsys)
+    prompt = torch.tensor([enc.encode("Hello, I'm a language model,")])
+    hf = GPT2LMHeadModel.from_pretrained(tiny_hf_dir)
+    ids = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False,
+                      pad_token_id=0, eos_token_id=None)
+    assert out.strip() == "sample 1: " + enc.decode(ids[0].tolist())
+
+
+@pytest.mark.parametrize(
+    "argv,code,message",
+    [
+        (["--init", "missing/ckpt.pt"], 1, "no such checkpoint"),
+        (["--init", "gpt-7"], 1, "unknown model 'gpt-7'"),
+        (["-n", "0"], 2, "--num-samples"),
+        (["-m", "-3"], 2, "--max-new-tokens"),
+        (["--top-k", "0"], 2, "--top-k"),
+        (["--temperature", "-1"], 2, "--temperature"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], 1, "device"),
+    ],
+)
+def test_bad_inputs_give_one_line_errors(argv, code, message, capsys):
+    got, _, err = run_main(argv, capsys)
+    assert got == code
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_top_k_larger_than_vocab_and_corrupt_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    code, _, err = run_main(["--init", str(tiny_checkpoint), "--top-k", "60000", "--device", "cpu"], capsys)
+    assert code == 1 and "larger than the vocabulary" in err
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    code, _, err = run_main(["--init", str(broken), "--device", "cpu"], capsys)
+    assert code == 1 and "not a readable checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("unpickled arbitrary code",))
+
+
+def test_checkpoints_are_loaded_without_unpickling_objects(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "payload": Exploit()}, path)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+    assert "unpickled arbitrary code" not in capsys.readouterr().out
+    plain = tmp_path / "plain.pt"
+    with open(plain, "wb") as f:
+        pickle.dump({"model": 1}, f)
+    with pytest.raises(ValueError):
+        load_model(str(plain))
+
+
+def test_checkpoint_with_wrong_config_is_a_clear_error(tiny_checkpoint):
+    state = load_checkpoint(tiny_checkpoint)
+    state["config"]["n_embd"] = 64
+    with pytest.raises(ValueError, match="do not fit"):
+        model_from_checkpoint(state)
+    state["config"]["bogus"] = 1
+    with pytest.raises(ValueError, match="bad model config"):
+        model_from_checkpoint(state)
