@@ -1,0 +1,314 @@
+"""Tokenize FineWeb-Edu (or local text) into GPT-2 token shards for train_gpt2.py.
+
+    python fineweb.py                                   # FineWeb-Edu sample-10BT -> edu_fineweb10B/
+    python fineweb.py --streaming                       # the same, without keeping the parquet files
+    python fineweb.py --input 'books/*.txt' --out data/books --prefix books
+
+Each shard is a 1-D uint16 .npy of --shard-size tokens (the last one shorter), named
+{prefix}_{split}_{index:06d}.npy with one running index; every document starts with <|endoftext|>. The first
+--val-tokens tokens form the val split, the rest train: with the defaults, shard 000000 is val and 000001... are
+train, exactly build-nanogpt's layout. Output is deterministic, whatever --workers. A run that stops is resumed by
+running the same command again: finished shards are kept and the result is byte-identical to an unbroken run.
+"""
+
+import glob
+import hashlib
+import io
+import itertools
+import json
+import multiprocessing as mp
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from common import ArgumentParser, non_negative_int, positive_int, run_cli
+from tokenizer import EOT_ID, VOCAB_SHA256, get_tokenizer
+
+FINEWEB_DATASET = "HuggingFaceFW/fineweb-edu"
+FINEWEB_CONFIG = "sample-10BT"
+SHARD_SIZE = 100_000_000
+MANIFEST = "manifest.json"
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
+BYTES_PER_TOKEN = 4  # GPT-2 BPE on English averages ~4 bytes per token; sizes the default local val split
+DOCS_PER_TASK = 64  # documents per pool task: large enough to amortise pickling, small enough to balance
+
+
+@dataclass
+class Source:
+    """Where the documents come from; part of the manifest, so a resume can check it is the same input."""
+
+    kind: str  # "hub" or "local"
+    dataset: Optional[str] = None
+    config: Optional[str] = None
+    split: Optional[str] = None
+    files: list[str] = field(default_factory=list)
+    text_field: str = "text"
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Sorted files matching the paths/globs (a directory means the supported files inside it)."""
+    files: list[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            matches = [str(p) for p in sorted(Path(pattern).rglob("*")) if p.suffix in LOCAL_SUFFIXES]
+        else:
+            matches = sorted(glob.glob(pattern, recursive=True))
+        if not matches:
+            raise FileNotFoundError(f"--input {pattern}: no files match")
+        for path in matches:
+            if Path(path).suffix not in LOCAL_SUFFIXES:
+                raise ValueError(f"{path}: unsupported file type (use {', '.join(LOCAL_SUFFIXES)})")
+        files.extend(matches)
+    return files
+
+
+def iter_local_documents(files: list[str], text_field: str) -> Iterator[str]:
+    """.txt: the whole file is one document; .jsonl: one per line; .parquet: one per row."""
+    for path in files:
+        suffix = Path(path).suffix
+        if suffix == ".txt":
+            yield Path(path).read_text(encoding="utf-8", errors="replace")
+        elif suffix == ".jsonl":
+            with open(path, encoding="utf-8") as f:
+                for line_number, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}:{line_number}: bad JSON ({e.msg})") from None
+                    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                        raise ValueError(f"{path}:{line_number}: no string field {text_field!r}")
+                    yield record[text_field]
+        else:
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(path)
+            if text_field not in parquet.schema_arrow.names:
+                raise ValueError(f"{path}: no column {text_field!r} (columns: {parquet.schema_arrow.names})")
+            for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+                yield from (text or "" for text in batch.column(0).to_pylist())
+
+
+def iter_hub_documents(source: Source, streaming: bool, start: int) -> Iterator[str]:
+    """Documents of a Hugging Face dataset from index `start` on."""
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(source.dataset, name=source.config, split=source.split, streaming=streaming)
+    except Exception as e:  # offline, unknown dataset or config ...
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OSError(
+            f"could not load {source.dataset} ({source.config}) from the Hugging Face hub: {first_line}. "
+            f"Offline? Use --input with local .txt/.jsonl/.parquet files"
+        ) from None
+    if start:
+        ds = ds.skip(start) if streaming else ds.select(range(start, len(ds)))
+    for record in ds:
+        yield record[source.text_field]
+
+
+def iter_documents(source: Source, streaming: bool = False, start: int = 0) -> Iterator[str]:
+    if source.kind == "hub":
+        return iter_hub_documents(source, streaming, start)
+    return itertools.islice(iter_local_documents(source.files, source.text_field), start, None)
+
+
+def tokenize_document(text: str) -> np.ndarray:
+    """<|endoftext|> then the document's tokens, as uint16."""
+    tokens = np.array([EOT_ID, *get_tokenizer().encode_ordinary(text)], dtype=np.uint32)
+    if tokens.max() >= 2**16:
+        raise ValueError(f"token id {tokens.max()} does not fit in uint16")
+    return tokens.astype(np.uint16)
+
+
+def tokenize_documents(texts: list[str]) -> list[np.ndarray]:
+    return [tokenize_document(text) for text in texts]
+
+
+def tokenized_stream(documents: Iterable[str], workers: int) -> Iterator[np.ndarray]:
+    """Token arrays in document order, tokenized by a pool of `workers` processes (in-process for 1)."""
+    batches = iter(lambda: list(itertools.islice(documents, DOCS_PER_TASK)), [])
+    if workers == 1:
+        for batch in batches:
+            yield from tokenize_documents(batch)
+        return
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for arrays in pool.imap(tokenize_documents, batches, chunksize=1):
+            yield from arrays
+
+
+def shard_name(prefix: str, split: str, index: int) -> str:
+    return f"{prefix}_{split}_{index:06d}.npy"
+
+
+def write_shard(path: Path, tokens: np.ndarray) -> str:
+    """Atomically write one shard (temporary file, then rename); return the file's SHA-256."""
+    buffer = io.BytesIO()
+    np.save(buffer, tokens, allow_pickle=False)
+    data = buffer.getvalue()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    tmp = out_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, out_dir / MANIFEST)
+
+
+def start_or_resume(out_dir: Path, settings: dict) -> dict:
+    """The manifest to continue from: a fresh one, or the one left by an earlier run with the same settings."""
+    path = out_dir / MANIFEST
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        if manifest.get("settings") != settings:
+            raise ValueError(
+                f"{out_dir} holds shards made with other settings ({manifest.get('settings')}); "
+                f"choose another --out or delete that directory"
+            )
+        for shard in manifest["shards"]:
+            if not (out_dir / shard["name"]).is_file():
+                raise ValueError(f"{out_dir / shard['name']} is listed in {path} but missing; delete {out_dir}")
+        return manifest
+    if any(out_dir.glob(f"{settings['prefix']}_*.npy")):
+        raise ValueError(f"{out_dir} has {settings['prefix']}_*.npy shards but no {MANIFEST}; choose another --out")
+    return {"settings": settings, "shards": [], "next": {"document": 0, "offset": 0}, "complete": False}
+
+
+def build_shards(
+    source: Source,
+    out_dir: Path,
+    prefix: str = "edufineweb",
+    shard_size: int = SHARD_SIZE,
+    val_tokens: Optional[int] = None,
+    workers: int = 1,
+    streaming: bool = False,
+) -> dict:
+    """Tokenize the source into shards in out_dir (resuming an earlier run); return the finished manifest."""
+    if val_tokens is None:
+        val_tokens = default_val_tokens(source, shard_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "source": asdict(source),
+        "prefix": prefix,
+        "shard_size": shard_size,
+        "val_tokens": val_tokens,
+        "dtype": "uint16",
+        "eot": EOT_ID,
+        "tokenizer": f"gpt2 (tiktoken ranks sha256 {VOCAB_SHA256})",
+    }
+    manifest = start_or_resume(out_dir, settings)
+    if manifest["complete"]:
+        print(f"{out_dir}: already complete ({len(manifest['shards'])} shards)")
+        return manifest
+
+    written = sum(s["tokens"] for s in manifest["shards"])  # tokens in finished shards
+
+    def capacity() -> int:  # the next shard: val until val_tokens are written, then train
+        return min(shard_size, val_tokens - written) if written < val_tokens else shard_size
+
+    buffer = np.empty(capacity(), dtype=np.uint16)
+    fill = 0
+    first_doc, skip = manifest["next"]["document"], manifest["next"]["offset"]
+    bar = tqdm(desc=f"tokenizing -> {out_dir}", unit="tok", unit_scale=True, initial=written, dynamic_ncols=True)
+    documents = iter_documents(source, streaming, first_doc)
+    doc_index = first_doc - 1
+    for doc_index, tokens in enumerate(tokenized_stream(documents, workers), start=first_doc):
+        pos = skip if doc_index == first_doc else 0  # the start of a resumed document went to the last shard
+        while pos < len(tokens):
+            take = min(len(buffer) - fill, len(tokens) - pos)
+            buffer[fill : fill + take] = tokens[pos : pos + take]
+            fill, pos = fill + take, pos + take
+            bar.update(take)
+            if fill == len(buffer):
+                resume_at = {"document": doc_index, "offset": pos} if pos < len(tokens) else None
+                written = finish_shard(out_dir, manifest, buffer, written, val_tokens, doc_index + 1, resume_at)
+                buffer, fill = np.empty(capacity(), dtype=np.uint16), 0
+    bar.close()
+    if fill:
+        written = finish_shard(out_dir, manifest, buffer[:fill], written, val_tokens, doc_index + 1, None)
+    if written == 0:
+        raise ValueError("the input holds no documents")
+    if written <= val_tokens:
+        raise ValueError(
+            f"all {written:,} tokens went to val (--val-tokens {val_tokens:,}); nothing is left for train"
+        )
+    manifest["complete"] = True
+    manifest["total_tokens"] = written
+    manifest["documents"] = doc_index + 1
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def finish_shard(
+    out_dir: Path,
+    manifest: dict,
+    tokens: np.ndarray,
+    written: int,
+    val_tokens: int,
+    next_document: int,
+    resume_at: Optional[dict],
+) -> int:
+    """Write a full buffer as the next shard and record where a resumed run picks up; return tokens written."""
+    index = len(manifest["shards"])
+    split = "val" if written < val_tokens else "train"
+    name = shard_name(manifest["settings"]["prefix"], split, index)
+    digest = write_shard(out_dir / name, tokens)
+    manifest["shards"].append({"name": name, "split": split, "tokens": int(len(tokens)), "sha256": digest})
+    manifest["next"] = resume_at or {"document": next_document, "offset": 0}
+    write_manifest(out_dir, manifest)
+    return written + len(tokens)
+
+
+def default_val_tokens(source: Source, shard_size: int) -> int:
+    """FineWeb: one whole shard (build-nanogpt's layout). Local text: about a tenth, estimated from file sizes."""
+    if source.kind == "hub":
+        return shard_size
+    total_bytes = sum(os.path.getsize(f) for f in source.files)
+    return max(1, min(shard_size, total_bytes // BYTES_PER_TOKEN // 10))
+
+
+def parse_args(argv: Optional[list[str]] = None):
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--input", nargs="+", metavar="PATH_OR_GLOB",
+                        help="local .txt (one document per file), .jsonl or .parquet files instead of FineWeb-Edu")
+    parser.add_argument("--text-field", default="text", help="field/column holding the text (.jsonl, .parquet, hub)")
+    parser.add_argument("--dataset", default=FINEWEB_DATASET, help="Hugging Face dataset (without --input)")
+    parser.add_argument("--config", default=FINEWEB_CONFIG, help="its configuration")
+    parser.add_argument("--split", default="train", help="its split")
+    parser.add_argument("--streaming", action="store_true", help="stream the dataset; keep no parquet files")
+    parser.add_argument("--out", default="edu_fineweb10B", help="output directory")
+    parser.add_argument("--prefix", default="edufineweb", help="shard file name prefix")
+    parser.add_argument("--shard-size", type=positive_int, default=SHARD_SIZE, help="tokens per shard")
+    parser.add_argument("--val-tokens", type=non_negative_int, default=None,
+                        help="tokens for the val split (default: one shard for FineWeb, ~10%% of local input)")
+    parser.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="tokenizer processes")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.input:
+        source = Source(kind="local", files=expand_inputs(args.input), text_field=args.text_field)
+    else:
+        source = Source(kind="hub", dataset=args.dataset, config=args.config, split=args.split,
+                        text_field=args.text_field)
+    manifest = build_shards(source, Path(args.out), args.prefix, args.shard_size, args.val_tokens,
+                            args.workers, args.streaming)
+    splits = {s: sum(x["tokens"] for x in manifest["shards"] if x["split"] == s) for s in ("val", "train")}
+    print(f"{args.out}: {len(manifest['shards'])} shards, {splits['val']:,} val + {splits['train']:,} train tokens")
+
+
+if __name__ == "__main__":
+    run_cli(main)
