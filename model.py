@@ -36,7 +36,8 @@ PRESETS: dict[str, dict] = {
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),  # ~30M, the CPU quickstart
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),  # ~30M
+    "mini": dict(n_layer=4, n_head=4, n_embd=256, block_size=128),  # ~16M, the CPU quickstart
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),  # ~3.3M, tests
 }
 HF_MODEL_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
