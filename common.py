@@ -70,6 +70,12 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype, the same in every script."""
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="auto", help="autocast dtype: auto, float32, bfloat16, float16")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:

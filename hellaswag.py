@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import ArgumentParser, autocast, pick_device, pick_dtype, positive_int, run_cli
+from common import ArgumentParser, add_device_flags, autocast, pick_device, pick_dtype, positive_int, run_cli
 from tokenizer import get_tokenizer
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
@@ -154,8 +154,7 @@ def parse_args(argv: Optional[list[str]] = None):
     parser.add_argument("--data", default=None, help="a local hellaswag_{split}.jsonl instead of the cached download")
     parser.add_argument("--limit", type=positive_int, default=None, help="score only the first N examples")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per forward pass")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    parser.add_argument("--dtype", default="auto", help="autocast dtype: auto, float32, bfloat16, float16")
+    add_device_flags(parser)
     return parser.parse_args(argv)
 
 

@@ -10,6 +10,7 @@ import torch
 from checkpoint import load_model
 from common import (
     ArgumentParser,
+    add_device_flags,
     autocast,
     non_negative_float,
     non_negative_int,
@@ -61,8 +62,7 @@ def parse_args(argv: Optional[list[str]] = None):
     parser.add_argument("--top-k", type=positive_int, default=50, help="sample among the k likeliest tokens")
     parser.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
     parser.add_argument("--seed", type=non_negative_int, default=42, help="random seed of the sampler")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--dtype", default="auto", help="autocast dtype: auto, float32, bfloat16, float16")
+    add_device_flags(parser)
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     return parser.parse_args(argv)
 
