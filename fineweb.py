@@ -34,7 +34,10 @@ SHARD_SIZE = 100_000_000
 MANIFEST = "manifest.json"
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 BYTES_PER_TOKEN = 4  # GPT-2 BPE on English averages ~4 bytes per token; sizes the default local val split
-DOCS_PER_TASK = 64  # documents per pool task: large enough to amortise pickling, small enough to balance
+# A pool task is a run of documents up to these sizes: large enough to amortise the pickling, small enough to
+# keep every worker busy when documents are long (a book) or few.
+DOCS_PER_TASK = 64
+CHARS_PER_TASK = 1 << 18
 
 
 @dataclass
@@ -130,9 +133,21 @@ def tokenize_documents(texts: list[str]) -> list[np.ndarray]:
     return [tokenize_document(text) for text in texts]
 
 
+def task_batches(documents: Iterable[str]) -> Iterator[list[str]]:
+    batch, chars = [], 0
+    for text in documents:
+        batch.append(text)
+        chars += len(text)
+        if len(batch) == DOCS_PER_TASK or chars >= CHARS_PER_TASK:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
 def tokenized_stream(documents: Iterable[str], workers: int) -> Iterator[np.ndarray]:
     """Token arrays in document order, tokenized by a pool of `workers` processes (in-process for 1)."""
-    batches = iter(lambda: list(itertools.islice(documents, DOCS_PER_TASK)), [])
+    batches = task_batches(documents)
     if workers == 1:
         for batch in batches:
             yield from tokenize_documents(batch)
