@@ -10,22 +10,10 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch
-import torch.nn as nn
 
 from model import GPT, HF_MODEL_NAMES, GPTConfig
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d{6,})\.pt$")
-
-
-def unwrap_model(model: nn.Module) -> GPT:
-    """The raw GPT inside DDP (.module) and torch.compile (._orig_mod) wrappers, so saved keys have no prefixes."""
-    while True:
-        if hasattr(model, "module"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def checkpoint_path(run_dir: Union[str, Path], step: int) -> Path:

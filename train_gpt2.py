@@ -37,7 +37,6 @@ from checkpoint import (
     model_from_checkpoint,
     prune_checkpoints,
     save_checkpoint,
-    unwrap_model,
 )
 from common import ArgumentParser, autocast, pick_device, pick_dtype, run_cli, synchronize
 from dataloader import ShardLoader, list_shards

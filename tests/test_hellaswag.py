@@ -5,7 +5,6 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import hellaswag
 from checkpoint import load_checkpoint, model_from_checkpoint
