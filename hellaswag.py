@@ -44,7 +44,7 @@ def download(split: str, directory: Optional[Path] = None) -> Path:
     url = URL.format(split=split)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # ranks may download at once
         with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as f:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {path.name}") as bar:
