@@ -166,19 +166,22 @@ def write_shard(path: Path, tokens: np.ndarray) -> str:
     buffer = io.BytesIO()
     np.save(buffer, tokens, allow_pickle=False)
     data = buffer.getvalue()
+    write_atomically(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temporary file, flushed to disk, then renamed: a crash leaves the old file or the new one, never half."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest()
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
-    tmp = out_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out_dir / MANIFEST)
+    write_atomically(out_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
 
 
 def start_or_resume(out_dir: Path, settings: dict) -> dict:
