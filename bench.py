@@ -1,25 +1,49 @@
-"""Speed figures, measured side by side in one run (these machines are noisy; compare ratios, not absolutes).
+"""Speed figures, measured side by side in one run (these machines are noisy: compare ratios, not absolutes).
 
-    python bench.py data                      # tokenizer pipeline vs single-thread encode_ordinary; loader ms/batch
-    python bench.py generate --model gpt2     # KV-cache vs cache-free sampling, tokens/s
+    python bench.py train                                   # GPT-2 124M, B=64, T=1024 on CUDA (mini, B=8, T=128 on CPU)
+    python bench.py train --model gpt2 -B 4 -T 256 --compare-hf   # ... and transformers' GPT2LMHeadModel beside it
+    python bench.py generate --model gpt2 --batch 1 8 --compare-hf   # sampling with and without the KV cache
+    python bench.py data                                    # tokenizer pipeline vs single-thread encode_ordinary
+
+Training: tokens/s, ms/step (forward, backward, clipping and the AdamW step), MFU and peak memory. MFU counts
+6N + 12 * n_layer * n_embd * T FLOPs per token (N: parameters without the position embedding) against the
+device's peak bf16 FLOP/s (989e12 for an H100 SXM; --peak-flops for others). Every figure is the median of
+--repeats timed runs after --warmup untimed ones. --json prints one JSON object instead of the table.
 """
 
+import json
+import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-from common import ArgumentParser, pick_device, positive_int, run_cli, synchronize
+from common import (
+    ArgumentParser,
+    add_device_flags,
+    autocast,
+    non_negative_float,
+    non_negative_int,
+    peak_flops_of,
+    pick_device,
+    pick_dtype,
+    positive_int,
+    run_cli,
+    synchronize,
+)
 
 ROOT = Path(__file__).resolve().parent
+# Defaults when no shape is given: the GPU goal's setting on CUDA, something a laptop CPU runs in seconds elsewhere.
+TRAIN_DEFAULTS = {"cuda": ("gpt2", 64, 1024), "other": ("mini", 8, 128)}
 
 
-def median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of fn over repeats, after one warm-up call."""
-    fn()
+def median_time(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 1) -> float:
+    """Median wall time of fn over repeats, after warmup untimed calls."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         synchronize(device)
@@ -28,6 +52,171 @@ def median_time(fn: Callable[[], object], repeats: int, device: torch.device) ->
         synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def describe_device(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return f"{device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "n/a"
+        if isinstance(value, float):
+            return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+        return str(value)
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def report(header: str, rows: list[dict[str, Any]], columns: list[str], ratios: dict[str, float], as_json: bool):
+    if as_json:
+        print(json.dumps({"device": header, "rows": rows, "ratios": ratios}, indent=1))
+        return
+    print(header)
+    print_table(rows, columns)
+    for name, value in ratios.items():
+        print(f"{name}: {value:.2f}x")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training step
+
+
+def transformers_twin(model):
+    """transformers' GPT2LMHeadModel with our model's config and weights (SDPA attention, like ours)."""
+    from transformers import GPT2LMHeadModel
+
+    from model import hf_config_from
+
+    config = hf_config_from(model.config)
+    config._attn_implementation = "sdpa"
+    hf = GPT2LMHeadModel(config)
+    hf.load_state_dict(model.to_hf_state_dict(), strict=False)  # strict=False: transformers' own mask buffers
+    return hf
+
+
+def time_training_step(model: torch.nn.Module, loss_of: Callable, x, y, args, device, dtype) -> dict[str, Any]:
+    """Median time of one full optimizer step (forward, backward, clip, AdamW) and the peak memory it takes."""
+    from model import GPT
+
+    # the same AdamW set-up for both models: GPT.configure_optimizers only walks model.parameters()
+    optimizer = GPT.configure_optimizers(model, 0.1, 6e-4, device.type)
+    forward = torch.compile(model) if args.compile else model
+
+    def step() -> None:
+        with autocast(device, dtype):
+            loss = loss_of(forward, x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = median_time(step, args.repeats, device, warmup=args.warmup)
+    peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    del optimizer
+    return {"ms_per_step": 1000 * seconds, "peak_memory_gib": peak_gib, "seconds": seconds}
+
+
+def bench_train(args) -> None:
+    from model import GPT, config_from_preset
+
+    device = pick_device(args.device)
+    dtype = pick_dtype(device, args.dtype)
+    defaults = TRAIN_DEFAULTS["cuda" if device.type == "cuda" else "other"]
+    name, B, T = args.model or defaults[0], args.batch_size or defaults[1], args.seq_len or defaults[2]
+    args.compile = device.type == "cuda" if args.compile is None else args.compile
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    config = config_from_preset(name, vocab_size=args.vocab_size)
+    if T > config.block_size:
+        raise ValueError(f"--seq-len {T} is longer than {name}'s context ({config.block_size})")
+    torch.manual_seed(0)
+    model = GPT(config).to(device)
+    x = torch.randint(0, 50257, (B, T), device=device)
+    y = torch.randint(0, 50257, (B, T), device=device)
+    peak = peak_flops_of(device, args.peak_flops)
+    flops_per_token = model.flops_per_token(T)
+
+    # each library's own way of getting the training loss: ours from targets, transformers' from shifted labels
+    candidates = [("ours", model, lambda m, idx, targets: m(idx, targets)[1])]
+    if args.compare_hf:
+        candidates.append(("transformers", transformers_twin(model).to(device),
+                           lambda m, idx, targets: m(input_ids=idx, labels=idx).loss))
+    rows = []
+    for impl, net, loss_of in candidates:
+        timing = time_training_step(net, loss_of, x, y, args, device, dtype)
+        tokens_per_s = B * T / timing["seconds"]
+        rows.append({
+            "bench": "train", "impl": impl, "model": name, "B": B, "T": T, "dtype": str(dtype).split(".")[-1],
+            "compile": args.compile, "ms_per_step": timing["ms_per_step"], "tokens_per_s": tokens_per_s,
+            "mfu_percent": 100 * flops_per_token * tokens_per_s / peak if peak else None,
+            "peak_memory_gib": timing["peak_memory_gib"],
+        })
+        del net
+    ratios = {}
+    if args.compare_hf:
+        ratios["training tokens/s, ours / transformers"] = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
+    columns = ["impl", "model", "B", "T", "dtype", "compile", "ms_per_step", "tokens_per_s", "mfu_percent",
+               "peak_memory_gib"]
+    report(describe_device(device), rows, columns, ratios, args.json)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def bench_generate(args) -> None:
+    from checkpoint import load_model
+    from model import GPT, config_from_preset
+
+    device = pick_device(args.device)
+    dtype = pick_dtype(device, args.dtype)
+    torch.manual_seed(0)
+    model = load_model(args.init, device) if args.init else GPT(config_from_preset(args.model)).to(device)
+    model.eval()
+    name = args.init or args.model
+    hf = transformers_twin(model).to(device).eval() if args.compare_hf else None
+    rows, ratios = [], {}
+    for batch in args.batch:
+        prompt = torch.randint(0, 50257, (batch, args.prompt_len), device=device)
+        runs = {
+            "ours, KV cache": lambda: model.generate(prompt, args.tokens, temperature=0),
+            "ours, cache-free": lambda: model.generate(prompt, args.tokens, temperature=0, use_cache=False),
+        }
+        if hf is not None:
+            mask = torch.ones_like(prompt)
+            runs["transformers generate"] = lambda: hf.generate(
+                prompt, attention_mask=mask, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
+                do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None,
+            )
+        speed = {}
+        for impl, fn in runs.items():
+            with torch.no_grad(), autocast(device, dtype):
+                seconds = median_time(fn, args.repeats, device)
+            speed[impl] = batch * args.tokens / seconds
+            rows.append({"bench": "generate", "impl": impl, "model": name, "batch": batch,
+                         "prompt": args.prompt_len, "new_tokens": args.tokens, "tokens_per_s": speed[impl],
+                         "ms_per_token": 1000 * seconds / args.tokens})
+        ratios[f"batch {batch}: KV cache / cache-free"] = speed["ours, KV cache"] / speed["ours, cache-free"]
+        if hf is not None:
+            ratios[f"batch {batch}: ours (KV cache) / transformers generate"] = (
+                speed["ours, KV cache"] / speed["transformers generate"]
+            )
+    columns = ["impl", "model", "batch", "prompt", "new_tokens", "tokens_per_s", "ms_per_token"]
+    report(describe_device(device) + f", {str(dtype).split('.')[-1]}, greedy", rows, columns, ratios, args.json)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data pipeline
 
 
 def bench_data(args) -> None:
@@ -43,8 +232,6 @@ def bench_data(args) -> None:
     single = n_tokens / (time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.jsonl"
-        import json
-
         corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
         t0 = time.perf_counter()
         build_shards(Source("local", files=[str(corpus)]), Path(tmp) / "out", "b", shard_size=10_000_000,
@@ -52,50 +239,59 @@ def bench_data(args) -> None:
         pipeline = n_tokens / (time.perf_counter() - t0)
         loader = ShardLoader(Path(tmp) / "out", "train", args.batch_size, args.seq_len)
         per_batch = median_time(loader.next_batch, 50, torch.device("cpu"))
-    print(f"tokens: {n_tokens:,} ({len(docs)} documents)")
-    print(f"single-thread encode_ordinary: {single:,.0f} tokens/s")
-    print(f"fineweb.py pipeline, {args.workers} workers: {pipeline:,.0f} tokens/s = {pipeline / single:.2f}x "
-          f"single-thread (goal >= {0.8 * args.workers:.1f}x)")
-    print(f"ShardLoader.next_batch B={args.batch_size} T={args.seq_len}: {1000 * per_batch:.3f} ms/batch")
+    rows = [
+        {"bench": "data", "impl": "single-thread encode_ordinary", "tokens": n_tokens, "tokens_per_s": single},
+        {"bench": "data", "impl": f"fineweb.py, {args.workers} workers", "tokens": n_tokens, "tokens_per_s": pipeline},
+        {"bench": "data", "impl": f"ShardLoader.next_batch B={args.batch_size} T={args.seq_len}",
+         "ms_per_batch": 1000 * per_batch},
+    ]
+    ratios = {f"pipeline / single-thread (goal >= {0.8 * args.workers:.1f})": pipeline / single}
+    report(f"cpu, {len(docs)} documents", rows, ["impl", "tokens", "tokens_per_s", "ms_per_batch"], ratios, args.json)
 
 
-def bench_generate(args) -> None:
-    from checkpoint import load_model
-    from model import GPT, config_from_preset
-
-    device = pick_device(args.device)
-    torch.manual_seed(0)
-    model = (load_model(args.init, device) if args.init else GPT(config_from_preset(args.model)).to(device)).eval()
-    prompt = torch.randint(0, 50257, (args.batch, 8), device=device)
-    rows = []
-    for use_cache in (True, False):
-        seconds = median_time(lambda: model.generate(prompt, args.tokens, temperature=0, use_cache=use_cache),
-                              args.repeats, device)
-        rows.append((use_cache, args.batch * args.tokens / seconds))
-    print(f"{args.init or args.model} on {device}, batch {args.batch}, {args.tokens} new tokens, greedy:")
-    for use_cache, tps in rows:
-        print(f"  {'KV cache  ' if use_cache else 'cache-free'}: {tps:,.1f} tokens/s")
-    print(f"  speed-up: {rows[0][1] / rows[1][1]:.1f}x")
-
-
-def main(argv: Optional[list[str]] = None) -> None:
+def parse_args(argv: Optional[list[str]] = None):
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    data = sub.add_parser("data", help="tokenizer and loader throughput")
+
+    train = sub.add_parser("train", help="training step throughput, MFU and peak memory")
+    train.add_argument("--model", default=None, help="a model.PRESETS shape (default: gpt2 on CUDA, mini elsewhere)")
+    train.add_argument("-B", "--batch-size", type=positive_int, default=None, help="default: 64 on CUDA, 8 elsewhere")
+    train.add_argument("-T", "--seq-len", type=positive_int, default=None, help="default: 1024 on CUDA, 128 elsewhere")
+    train.add_argument("--vocab-size", type=positive_int, default=50304, help="as in training: 50,257 padded")
+    train.add_argument("--compile", action="store_true", default=None, help="torch.compile (default: on CUDA)")
+    train.add_argument("--no-compile", dest="compile", action="store_false")
+    train.add_argument("--warmup", type=non_negative_int, default=3, help="untimed steps first (compilation)")
+    train.add_argument("--repeats", type=positive_int, default=10, help="timed steps; the median is reported")
+    train.add_argument("--peak-flops", type=non_negative_float, default=0.0,
+                       help="peak FLOP/s of the device for MFU (0: known GPUs only)")
+    train.add_argument("--compare-hf", action="store_true", help="also time transformers' GPT2LMHeadModel")
+
+    gen = sub.add_parser("generate", help="sampling throughput with and without the KV cache")
+    gen.add_argument("--model", default="gpt2", help="a model.PRESETS shape with random weights")
+    gen.add_argument("--init", default="", help="or real weights: checkpoint, HF directory or hub name")
+    gen.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8], help="batch sizes to measure")
+    gen.add_argument("--prompt-len", type=positive_int, default=8, help="prompt tokens")
+    gen.add_argument("--tokens", type=positive_int, default=256, help="new tokens per sequence")
+    gen.add_argument("--repeats", type=positive_int, default=3, help="timed runs; the median is reported")
+    gen.add_argument("--compare-hf", action="store_true", help="also time transformers' generate (greedy, cached)")
+
+    data = sub.add_parser("data", help="tokenizer pipeline and data loader throughput")
     data.add_argument("--input", nargs="+", help="text files (default: the bundled corpus)")
     data.add_argument("--copies", type=positive_int, default=8, help="repeat the documents this many times")
     data.add_argument("--workers", type=positive_int, default=2)
     data.add_argument("--batch-size", type=positive_int, default=16)
     data.add_argument("--seq-len", type=positive_int, default=1024)
-    gen = sub.add_parser("generate", help="sampling throughput with and without the KV cache")
-    gen.add_argument("--model", default="gpt2", help="a model.PRESETS shape with random weights")
-    gen.add_argument("--init", default="", help="or real weights: checkpoint, HF directory or hub name")
-    gen.add_argument("--tokens", type=positive_int, default=256)
-    gen.add_argument("--batch", type=positive_int, default=1)
-    gen.add_argument("--repeats", type=positive_int, default=3)
-    gen.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    {"data": bench_data, "generate": bench_generate}[args.what](args)
+
+    for p in (train, gen):
+        add_device_flags(p)
+    for p in (train, gen, data):
+        p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    {"train": bench_train, "generate": bench_generate, "data": bench_data}[args.what](args)
 
 
 if __name__ == "__main__":

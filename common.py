@@ -4,11 +4,23 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Optional
 
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Peak dense bf16 tensor-core FLOP/s (no sparsity) for MFU, matched against the CUDA device name in this order, so
+# the more specific names come first ("A10" is also a substring of "A100").
+PEAK_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("L4", 121e12),
+    ("4090", 165e12),
+)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -57,6 +69,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def peak_flops_of(device: torch.device, override: float = 0.0) -> Optional[float]:
+    """Peak bf16 FLOP/s of one device for MFU: the override if given, else a known GPU's figure, else None."""
+    if override:
+        return override
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((flops for key, flops in PEAK_FLOPS if key in name), None)
+    return None
 
 
 class ArgumentParser(argparse.ArgumentParser):

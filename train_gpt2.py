@@ -38,15 +38,14 @@ from checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from common import ArgumentParser, autocast, pick_device, pick_dtype, run_cli, synchronize
+from common import ArgumentParser, autocast, peak_flops_of, pick_device, pick_dtype, run_cli, synchronize
 from dataloader import ShardLoader, list_shards
 from model import GPT, PRESETS, GPTConfig
 from sample import sample_texts
 
 ROOT = Path(__file__).resolve().parent
+PROJECTION_STEPS = 5  # timed steps (after the first, which compiles) before the run projects its speed and ETA
 QUICKSTART_CORPUS = ROOT / "assets" / "shakespeare"
-# Peak dense bf16 tensor-core FLOP/s (no sparsity), for MFU; --peak-flops overrides.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
 
 
 def arg(default: Any, help: str) -> Any:
@@ -295,13 +294,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def peak_flops_of(device: torch.device, override: float) -> Optional[float]:
-    if override:
-        return override
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
-    return None
+def run_summary(cfg: TrainConfig, model: GPT, ddp: Dist, grad_accum: int, start_step: int, device: torch.device,
+                dtype: torch.dtype, use_compile: bool, train_loader: ShardLoader, val_loader: ShardLoader) -> list[str]:
+    """The block printed at the start of a run: what will be trained, on what, for how long, and where it goes."""
+    tokens_per_step = cfg.total_batch_size  # = B x T x grad_accum x world size, checked by gradient_accumulation_steps
+    every = f"every {cfg.checkpoint_interval:,} steps and at the end" if cfg.checkpoint_interval else "at the end"
+    return [
+        "run summary",
+        f"  model       {cfg.init_from or cfg.model}: {model.num_params():,} parameters, "
+        f"{dataclasses.asdict(model.config)}",
+        f"  batch       {tokens_per_step:,} tokens/step = {cfg.micro_batch_size} x {cfg.seq_len} x {grad_accum} "
+        f"gradient accumulation x {ddp.world_size} ranks",
+        f"  steps       {start_step:,} -> {cfg.max_steps:,} (warmup {cfg.warmup_steps:,}), "
+        f"{cfg.max_steps * tokens_per_step:,} tokens in all, {(cfg.max_steps - start_step) * tokens_per_step:,} to go",
+        f"  data        {cfg.data_dir}: {len(train_loader.paths)} train / {len(val_loader.paths)} val shards",
+        f"  precision   {device}, {'fp32' if dtype == torch.float32 else str(dtype).replace('torch.', '') + ' autocast'}, "
+        f"compile {'on' if use_compile else 'off'}",
+        f"  run dir     {cfg.run_dir}: log.txt, checkpoints {every} (newest {cfg.keep_checkpoints or 'all'} kept)",
+    ]
 
 
 def format_duration(seconds: float) -> str:
@@ -457,17 +467,13 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device) -> dict[str, Any]:
     ctx = lambda: autocast(device, dtype)  # noqa: E731
     hellaswag = Hellaswag(cfg, ddp, log)
     min_lr = cfg.max_lr * cfg.min_lr_ratio
-    tokens_per_step = cfg.micro_batch_size * cfg.seq_len * grad_accum * ddp.world_size
+    tokens_per_step = cfg.total_batch_size
     flops_per_token = raw_model.flops_per_token(cfg.seq_len)
     peak = peak_flops_of(device, cfg.peak_flops)
 
-    log.both(
-        f"model {cfg.model if not cfg.init_from else cfg.init_from}: {raw_model.num_params():,} parameters | "
-        f"{tokens_per_step:,} tokens/step = {cfg.micro_batch_size} x {cfg.seq_len} x {grad_accum} accumulation x "
-        f"{ddp.world_size} ranks | steps {start_step}..{cfg.max_steps} = {cfg.max_steps * tokens_per_step:,} "
-        f"tokens | {device} {str(dtype).replace('torch.', '')} compile={use_compile} | logs and checkpoints in "
-        f"{run_dir}"
-    )
+    for line in run_summary(cfg, raw_model, ddp, grad_accum, start_step, device, dtype, use_compile,
+                            train_loader, val_loader):
+        log.both(line)
 
     def save(step: int) -> None:
         if not ddp.master:
@@ -551,7 +557,12 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device) -> dict[str, Any]:
 
             tokens_per_sec = tokens_per_step / dt
             recent = step_times[1:][-20:] or step_times  # the first step includes compilation
-            eta = format_duration((cfg.max_steps - step - 1) * sum(recent) / len(recent))
+            seconds_per_step = sum(recent) / len(recent)
+            eta = format_duration((cfg.max_steps - step - 1) * seconds_per_step)
+            if len(step_times) == PROJECTION_STEPS + 1:
+                log.both(f"projected after {PROJECTION_STEPS} timed steps: {tokens_per_step / seconds_per_step:,.0f} "
+                         f"tok/s, {1000 * seconds_per_step:,.0f} ms/step; ETA {eta} for the remaining "
+                         f"{cfg.max_steps - step - 1:,} steps, evaluations not included")
             mfu = f"{100 * flops_per_token * tokens_per_sec / ddp.world_size / peak:.1f}%" if peak else "n/a"
             log.say(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | "
                     f"dt {1000 * dt:.0f}ms | tok/s {tokens_per_sec:,.0f} | MFU {mfu} | ETA {eta}")

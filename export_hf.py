@@ -1,0 +1,62 @@
+"""Export a checkpoint of ours as a Hugging Face transformers GPT-2 directory (config, safetensors, tokenizer).
+
+    python export_hf.py log/ckpt_019073.pt hf/my-gpt2
+
+The directory then loads with GPT2LMHeadModel.from_pretrained / AutoTokenizer.from_pretrained, and from there in
+lm-eval-harness, vLLM or a transformers pipeline. The vocabulary padded to 50,304 rows for speed is cut back to
+GPT-2's 50,257 (the extra rows are never produced by the tokenizer), and Linear weights become Conv1D again.
+"""
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+from checkpoint import load_model
+from common import ArgumentParser, run_cli
+from tokenizer import N_VOCAB, gpt2_vocab_and_merges
+
+
+def write_tokenizer(out_dir: Path) -> None:
+    """GPT-2's vocab.json and merges.txt, rebuilt from the bundled ranks, plus transformers' tokenizer files."""
+    from transformers import GPT2Tokenizer
+
+    vocab, merges = gpt2_vocab_and_merges()
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    GPT2Tokenizer.from_pretrained(out_dir).save_pretrained(out_dir)  # adds tokenizer_config.json etc.
+
+
+def export_hf(init: Union[str, Path], out_dir: Union[str, Path], vocab_size: int = N_VOCAB) -> Path:
+    """Write our model (checkpoint, HF directory or hub name) as a transformers GPT2LMHeadModel directory."""
+    from transformers import GPT2LMHeadModel
+
+    from model import hf_config_from
+
+    model = load_model(str(init))
+    if model.config.vocab_size < vocab_size:
+        raise ValueError(f"{init}: the model's vocabulary ({model.config.vocab_size}) is smaller than {vocab_size}")
+    config = hf_config_from(model.config)
+    config.vocab_size = vocab_size
+    hf = GPT2LMHeadModel(config)
+    result = hf.load_state_dict(model.to_hf_state_dict(vocab_size), strict=False)
+    if result.missing_keys or result.unexpected_keys:  # strict=False only for transformers' non-weight buffers
+        raise ValueError(f"export does not fit GPT2LMHeadModel: missing {result.missing_keys[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(out_dir, safe_serialization=True)
+    write_tokenizer(out_dir)
+    return out_dir
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("init", metavar="CHECKPOINT", help="our checkpoint .pt (or an HF directory / hub name)")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="the directory to write")
+    args = parser.parse_args(argv)
+    out = export_hf(args.init, args.out_dir)
+    print(f"wrote {out}: load it with GPT2LMHeadModel.from_pretrained({str(out)!r})")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,147 @@
+"""Chart one or more training runs from their log.txt, against the GPT-2 and GPT-3 baselines.
+
+    python plot.py log/ -o run.png
+    python plot.py runs/a runs/b/log.txt -o compare.png        # several runs overlay, with a legend
+
+Four panels: train loss (raw and smoothed) with val loss, HellaSwag acc_norm, gradient norm, learning rate. Reads
+the `{step} {kind} {value}` lines of train_gpt2.py's log (and build-nanogpt's, which share the format); lines
+starting with '#' are ignored, so a run still going plots fine.
+"""
+
+import re
+import sys
+from pathlib import Path
+from typing import Optional, Union
+
+from common import ArgumentParser, non_negative_float, positive_int, run_cli
+
+# OpenAI's GPT-2 124M checkpoint on the FineWeb-Edu val shard (build-nanogpt), and the 124M HellaSwag baselines.
+GPT2_124M_VAL_LOSS = 3.2924
+GPT2_124M_HELLASWAG = 0.2945
+GPT3_124M_HELLASWAG = 0.337
+EVENT_LINE = re.compile(r"^(\d+) (train|val|hella|lr|norm) (\S+)$")
+KINDS = ("train", "val", "hella", "lr", "norm")
+FIGURE_SIZE = (14, 9)  # inches
+DPI = 100
+
+
+def parse_log(path: Union[str, Path]) -> dict[str, list[tuple[int, float]]]:
+    """Events of one log: {kind: [(step, value), ...]} in file order; a resumed run's repeated steps keep the last."""
+    events: dict[str, dict[int, float]] = {kind: {} for kind in KINDS}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = EVENT_LINE.match(line.strip())
+            if m:
+                try:
+                    events[m.group(2)][int(m.group(1))] = float(m.group(3))
+                except ValueError:
+                    continue  # a half-written last line of a run still going
+    return {kind: sorted(values.items()) for kind, values in events.items()}
+
+
+def find_log(path: Union[str, Path]) -> Path:
+    """A run directory (its log.txt) or a log file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "log.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no training log at {path}")
+    return path
+
+
+def smooth(values: list[float], alpha: float) -> list[float]:
+    """Exponential moving average, bias-corrected so the first points are not pulled towards zero."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = alpha * avg + (1 - alpha) * v
+        out.append(avg / (1 - alpha**i))
+    return out
+
+
+def plot_runs(logs: dict[str, dict[str, list[tuple[int, float]]]], out: Union[str, Path], smoothing: float = 0.9,
+              baselines: bool = True) -> list[str]:
+    """Draw the four panels for every run into one PNG; return notes on what was missing."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=FIGURE_SIZE, dpi=DPI)
+    ax_loss, ax_hella, ax_norm, ax_lr = axes.flat
+    notes = []
+    for i, (name, ev) in enumerate(logs.items()):
+        color = f"C{i}"
+        if ev["train"]:
+            steps, values = zip(*ev["train"])
+            ax_loss.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+            ax_loss.plot(steps, smooth(list(values), smoothing), color=color, label=f"{name} train (smoothed)")
+        else:
+            notes.append(f"{name}: no train lines yet")
+        if ev["val"]:
+            steps, values = zip(*ev["val"])
+            ax_loss.plot(steps, values, color=color, linestyle="--", marker="o", markersize=3, label=f"{name} val")
+        else:
+            notes.append(f"{name}: no val lines yet")
+        if ev["hella"]:
+            steps, values = zip(*ev["hella"])
+            ax_hella.plot(steps, values, color=color, marker="o", markersize=3, label=name)
+        else:
+            notes.append(f"{name}: no hella lines yet")
+        for ax, kind in ((ax_norm, "norm"), (ax_lr, "lr")):
+            if ev[kind]:
+                steps, values = zip(*ev[kind])
+                ax.plot(steps, values, color=color, linewidth=0.8, label=name)
+    if baselines:
+        ax_loss.axhline(GPT2_124M_VAL_LOSS, color="red", linestyle=":", label=f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})")
+        ax_hella.axhline(GPT2_124M_HELLASWAG, color="red", linestyle=":", label=f"GPT-2 124M ({GPT2_124M_HELLASWAG})")
+        ax_hella.axhline(GPT3_124M_HELLASWAG, color="green", linestyle=":", label=f"GPT-3 124M ({GPT3_124M_HELLASWAG})")
+    if not any(ev["hella"] for ev in logs.values()):
+        ax_hella.text(0.5, 0.5, "no HellaSwag lines in the log(s) yet", ha="center", va="center",
+                      transform=ax_hella.transAxes, color="gray")
+    ax_loss.set(title="loss", xlabel="step", ylabel="cross-entropy (nats/token)")
+    ax_hella.set(title="HellaSwag acc_norm", xlabel="step", ylabel="accuracy")
+    ax_norm.set(title="gradient norm (before clipping)", xlabel="step", ylabel="L2 norm")
+    ax_lr.set(title="learning rate", xlabel="step", ylabel="lr")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return notes
+
+
+def parse_args(argv: Optional[list[str]] = None):
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_LOG", help="run directories or log.txt files")
+    parser.add_argument("-o", "--out", default="run.png", help="the PNG to write")
+    parser.add_argument("--smoothing", type=non_negative_float, default=0.9, help="EMA factor of the train loss")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="leave out the GPT-2 / GPT-3 reference lines (for runs not on FineWeb-Edu)")
+    parser.add_argument("--max-label", type=positive_int, default=40, help="longest run name in the legend")
+    args = parser.parse_args(argv)
+    if args.smoothing >= 1:
+        parser.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    logs = {}
+    for run in args.runs:
+        path = find_log(run)
+        base = name = str(path.parent if path.name == "log.txt" else path)[-args.max_label:]
+        while name in logs:  # two runs both called "log"
+            name = f"{base} ({len(logs) + 1})"
+        logs[name] = parse_log(path)
+        if not any(logs[name].values()):
+            raise ValueError(f"{path} holds no training events ('STEP train LOSS' lines)")
+    notes = plot_runs(logs, args.out, args.smoothing, args.baselines)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
