@@ -14,6 +14,8 @@ device's peak bf16 FLOP/s (989e12 for an H100 SXM; --peak-flops for others). Eve
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,19 +23,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from common import (
-    ArgumentParser,
-    add_device_flags,
-    autocast,
-    non_negative_float,
-    non_negative_int,
-    peak_flops_of,
-    pick_device,
-    pick_dtype,
-    positive_int,
-    run_cli,
-    synchronize,
-)
+from cli import ArgumentParser, non_negative_float, non_negative_int, positive_int, run_cli
+from common import add_device_flags, autocast, peak_flops_of, pick_device, pick_dtype, synchronize
 
 ROOT = Path(__file__).resolve().parent
 # Defaults when no shape is given: the GPU goal's setting on CUDA, something a laptop CPU runs in seconds elsewhere.
@@ -221,7 +212,7 @@ def bench_generate(args) -> None:
 
 def bench_data(args) -> None:
     from dataloader import ShardLoader
-    from fineweb import Source, build_shards, expand_inputs, iter_local_documents
+    from fineweb import expand_inputs, iter_local_documents
     from tokenizer import get_tokenizer
 
     files = expand_inputs(args.input or [str(ROOT / "assets" / "shakespeare")])
@@ -233,9 +224,11 @@ def bench_data(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.jsonl"
         corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        # the command a user runs, process start-up included
+        command = [sys.executable, str(ROOT / "fineweb.py"), "--input", str(corpus), "--out", str(Path(tmp) / "out"),
+                   "--prefix", "b", "--shard-size", "10000000", "--workers", str(args.workers)]
         t0 = time.perf_counter()
-        build_shards(Source("local", files=[str(corpus)]), Path(tmp) / "out", "b", shard_size=10_000_000,
-                     workers=args.workers)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pipeline = n_tokens / (time.perf_counter() - t0)
         loader = ShardLoader(Path(tmp) / "out", "train", args.batch_size, args.seq_len)
         per_batch = median_time(loader.next_batch, 50, torch.device("cpu"))

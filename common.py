@@ -1,10 +1,8 @@
-"""What every script shares: device and dtype choice, and the command-line error conventions."""
+"""What every script that runs a model shares: device and dtype choice, mixed precision, timing, peak FLOP/s."""
 
 import argparse
 import contextlib
-import os
-import sys
-from typing import Callable, NoReturn, Optional
+from typing import Optional
 
 import torch
 
@@ -81,57 +79,9 @@ def peak_flops_of(device: torch.device, override: float = 0.0) -> Optional[float
     return None
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (exit code 2) and defaults shown in -h."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
     """--device and --dtype, the same in every script."""
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="auto", help="autocast dtype: auto, float32, bfloat16, float16")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def run_cli(main: Callable[[], None]) -> None:
-    """Run a script's main; a user mistake (bad path, bad file, bad value) is one line on stderr and exit 1.
-
-    Set GPT_DEBUG=1 to see the full traceback instead.
-    """
-    prog = os.path.basename(sys.argv[0])
-    try:
-        main()
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (ValueError, OSError) as e:
-        if os.environ.get("GPT_DEBUG"):
-            raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(1)

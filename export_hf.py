@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from checkpoint import load_model
-from common import ArgumentParser, run_cli
+from cli import ArgumentParser, run_cli
 from tokenizer import N_VOCAB, gpt2_vocab_and_merges
 
 

@@ -11,21 +11,21 @@ train, exactly build-nanogpt's layout. Output is deterministic, whatever --worke
 running the same command again: finished shards are kept and the result is byte-identical to an unbroken run.
 """
 
+import contextlib
 import glob
 import hashlib
-import io
 import itertools
 import json
 import multiprocessing as mp
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import BinaryIO, Iterable, Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from common import ArgumentParser, non_negative_int, positive_int, run_cli
+from cli import ArgumentParser, non_negative_int, positive_int, run_cli
 from tokenizer import EOT_ID, VOCAB_SHA256, get_tokenizer
 
 FINEWEB_DATASET = "HuggingFaceFW/fineweb-edu"
@@ -123,10 +123,14 @@ def iter_documents(source: Source, streaming: bool = False, start: int = 0) -> I
 
 def tokenize_document(text: str) -> np.ndarray:
     """<|endoftext|> then the document's tokens, as uint16."""
-    tokens = np.array([EOT_ID, *get_tokenizer().encode_ordinary(text)], dtype=np.uint32)
-    if tokens.max() >= 2**16:
+    # encode_to_numpy with no special tokens allowed is encode_ordinary, minus the Python list of ints it builds
+    tokens = get_tokenizer().encode_to_numpy(text, allowed_special=set(), disallowed_special=())  # uint32
+    if tokens.size and tokens.max() >= 2**16:
         raise ValueError(f"token id {tokens.max()} does not fit in uint16")
-    return tokens.astype(np.uint16)
+    out = np.empty(len(tokens) + 1, dtype=np.uint16)
+    out[0] = EOT_ID
+    out[1:] = tokens
+    return out
 
 
 def tokenize_documents(texts: list[str]) -> list[np.ndarray]:
@@ -161,27 +165,39 @@ def shard_name(prefix: str, split: str, index: int) -> str:
     return f"{prefix}_{split}_{index:06d}.npy"
 
 
+class HashingWriter:
+    """A file wrapper that hashes what is written through it, so a shard is never held twice in memory."""
+
+    def __init__(self, f):
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.f.write(data)
+
+
 def write_shard(path: Path, tokens: np.ndarray) -> str:
     """Atomically write one shard (temporary file, then rename); return the file's SHA-256."""
-    buffer = io.BytesIO()
-    np.save(buffer, tokens, allow_pickle=False)
-    data = buffer.getvalue()
-    write_atomically(path, data)
-    return hashlib.sha256(data).hexdigest()
+    with atomic_file(path) as f:
+        writer = HashingWriter(f)
+        np.save(writer, tokens, allow_pickle=False)
+    return writer.sha256.hexdigest()
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temporary file, flushed to disk, then renamed: a crash leaves the old file or the new one, never half."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A temporary file, flushed to disk, then renamed: a crash leaves the old file or the new one, never half."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        yield f
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
-    write_atomically(out_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    with atomic_file(out_dir / MANIFEST) as f:
+        f.write((json.dumps(manifest, indent=1) + "\n").encode())
 
 
 def start_or_resume(out_dir: Path, settings: dict) -> dict:

@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import ArgumentParser, add_device_flags, autocast, pick_device, pick_dtype, positive_int, run_cli
+from cli import ArgumentParser, positive_int, run_cli
+from common import add_device_flags, autocast, pick_device, pick_dtype
 from tokenizer import get_tokenizer
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Union
 
-from common import ArgumentParser, non_negative_float, positive_int, run_cli
+from cli import ArgumentParser, non_negative_float, positive_int, run_cli
 
 # OpenAI's GPT-2 124M checkpoint on the FineWeb-Edu val shard (build-nanogpt), and the 124M HellaSwag baselines.
 GPT2_124M_VAL_LOSS = 3.2924

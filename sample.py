@@ -8,17 +8,8 @@ from typing import Optional
 import torch
 
 from checkpoint import load_model
-from common import (
-    ArgumentParser,
-    add_device_flags,
-    autocast,
-    non_negative_float,
-    non_negative_int,
-    pick_device,
-    pick_dtype,
-    positive_int,
-    run_cli,
-)
+from cli import ArgumentParser, non_negative_float, non_negative_int, positive_int, run_cli
+from common import add_device_flags, autocast, pick_device, pick_dtype
 from model import GPT
 from tokenizer import EOT_ID, get_tokenizer
 

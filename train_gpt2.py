@@ -38,7 +38,8 @@ from checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from common import ArgumentParser, autocast, peak_flops_of, pick_device, pick_dtype, run_cli, synchronize
+from cli import ArgumentParser, run_cli
+from common import autocast, peak_flops_of, pick_device, pick_dtype, synchronize
 from dataloader import ShardLoader, list_shards
 from model import GPT, PRESETS, GPTConfig
 from sample import sample_texts
@@ -505,7 +506,8 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device) -> dict[str, Any]:
     try:
         while True:
             last = step == cfg.max_steps
-            fresh = step != start_step or start_step == 0  # a resumed step was evaluated before the checkpoint
+            # a checkpoint is written after its step's evaluations, so a resumed run does not repeat them
+            fresh = resume_state is None or step != start_step
             if fresh and (due(cfg.eval_interval, step) or last):
                 val_loss = evaluate_loss(model, val_loader, cfg.val_steps, ctx, ddp)
                 log.say(f"step {step:5d} | val loss {val_loss:.4f}")
@@ -521,6 +523,9 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device) -> dict[str, Any]:
                 for i, text in enumerate(texts, start=1):
                     log.say(f"sample {i}: {text}")
                     log.record(f"# step {step} sample {i}: {text}")
+            if fresh and step > 0 and (due(cfg.checkpoint_interval, step) or last):
+                save(step)
+                last_saved = step
             if last:
                 break
 
@@ -570,16 +575,11 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device) -> dict[str, Any]:
             log.record(f"{step} lr {lr:.4e}")
             log.record(f"{step} norm {norm_value:.4f}")
             step += 1
-            if due(cfg.checkpoint_interval, step) and step != cfg.max_steps:
-                save(step)
-                last_saved = step
     except KeyboardInterrupt:
         if not ddp.enabled and step > last_saved and step > 0:
             log.both(f"interrupted: saving the {step} finished steps")
             save(step)
         raise
-    if last_saved != cfg.max_steps:
-        save(cfg.max_steps)
     return {"losses": losses, "val_loss": val_loss, "step_times": step_times, "run_dir": str(run_dir)}
 
 

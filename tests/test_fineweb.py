@@ -1,5 +1,6 @@
 """fineweb.py: shard format, determinism across workers, crash-safe resume, local formats, errors."""
 
+import hashlib
 import json
 import os
 import signal
@@ -56,6 +57,7 @@ def test_round_trip_of_txt_files(tmp_path):
     for s in manifest["shards"]:
         arr = np.load(out / s["name"])
         assert arr.dtype == np.uint16 and arr.ndim == 1 and len(arr) == s["tokens"]
+        assert s["sha256"] == hashlib.sha256((out / s["name"]).read_bytes()).hexdigest()
     assert manifest["complete"] and manifest["total_tokens"] == len(tokens) and manifest["documents"] == 3
 
 

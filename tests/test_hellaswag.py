@@ -8,7 +8,7 @@ import torch
 
 import hellaswag
 from checkpoint import load_checkpoint, model_from_checkpoint
-from common import run_cli
+from cli import run_cli
 from hellaswag import load_examples, score_examples
 from tokenizer import get_tokenizer
 

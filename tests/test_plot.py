@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import plot
-from common import run_cli
+from cli import run_cli
 
 
 def write_log(path, steps=60, val=True, hella=True):

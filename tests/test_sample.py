@@ -9,7 +9,7 @@ import torch
 
 import sample
 from checkpoint import load_checkpoint, load_model, model_from_checkpoint
-from common import run_cli
+from cli import run_cli
 from conftest import ROOT
 
 

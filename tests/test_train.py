@@ -154,6 +154,10 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(shards, t
         train(parse_config(args))
     for path in list_checkpoints(tmp_path):
         assert torch.isfinite(load_checkpoint(path)["model"]["transformer.wte.weight"]).all()
+    # the command line says the same in one line, no traceback
+    result = subprocess.run([sys.executable, "train_gpt2.py", *args, "--run-dir", str(tmp_path / "cli")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "non-finite" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
