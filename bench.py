@@ -97,7 +97,7 @@ def time_training_step(model: torch.nn.Module, loss_of: Callable, x, y, args, de
     from model import GPT
 
     # the same AdamW set-up for both models: GPT.configure_optimizers only walks model.parameters()
-    optimizer = GPT.configure_optimizers(model, 0.1, 6e-4, device.type)
+    optimizer = GPT.configure_optimizers(model, 0.1, 6e-4, device.type, log=None)
     forward = torch.compile(model) if args.compile else model
 
     def step() -> None:

@@ -266,9 +266,11 @@ class GPT(nn.Module):
         weight_decay: float,
         learning_rate: float,
         device_type: str,
-        log: Optional[Callable[[str], None]] = None,
+        log: Optional[Callable[[str], None]] = print,
     ) -> torch.optim.AdamW:
-        """AdamW (0.9, 0.95, eps 1e-8), weight decay only on matrices and embeddings (dim >= 2)."""
+        """AdamW (0.9, 0.95, eps 1e-8), weight decay only on matrices and embeddings (dim >= 2).
+
+        The group sizes are reported through `log` (print by default; None is silent)."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]

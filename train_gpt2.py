@@ -99,7 +99,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-xl": dict(model="gpt2-xl", run_dir="log-xl"),
     "quickstart": dict(
         model="mini", data_dir="data/shakespeare", run_dir="runs/quickstart", total_batch_size=2048,
-        micro_batch_size=16, seq_len=128, max_lr=3e-3, warmup_steps=10, max_steps=150, eval_interval=50,
+        micro_batch_size=16, seq_len=128, max_lr=1e-3, warmup_steps=20, max_steps=150, eval_interval=25,
         val_steps=4, hellaswag_interval=0, sample_interval=150, num_samples=2, sample_tokens=48,
         checkpoint_interval=50, sample_prompt="ROMEO.\n",
     ),

@@ -1,13 +1,41 @@
+"""bench.py runs on CPU at CI size and its MFU arithmetic matches a hand count."""
+
+import json
+
+import pytest
+
 import bench
+from model import GPT, GPTConfig
 
 
-def test_generate_benchmark_prints_both_paths(capsys):
-    bench.main(["generate", "--model", "tiny", "--tokens", "8", "--repeats", "1", "--device", "cpu"])
+def test_flops_per_token_of_124m_by_hand():
+    # N without the position embedding: 124,475,904 - 1024 * 768; attention: 12 * n_layer * n_embd * T
+    expected = 6 * (124_475_904 - 1024 * 768) + 12 * 12 * 768 * 1024
+    assert GPT(GPTConfig(vocab_size=50304)).flops_per_token(1024) == expected == 855_383_040
+
+
+def test_train_benchmark_json_with_transformers_beside(capsys):
+    bench.main(["train", "--model", "tiny", "-B", "2", "-T", "16", "--warmup", "0", "--repeats", "1",
+                "--compare-hf", "--peak-flops", "1e12", "--device", "cpu", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    ours, hf = report["rows"]
+    assert (ours["impl"], hf["impl"]) == ("ours", "transformers")
+    assert ours["tokens_per_s"] == pytest.approx(2 * 16 / (ours["ms_per_step"] / 1000))
+    flops = GPT(GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=64, vocab_size=50304)).flops_per_token(16)
+    assert ours["mfu_percent"] == pytest.approx(100 * flops * ours["tokens_per_s"] / 1e12)
+    ratio = report["ratios"]["training tokens/s, ours / transformers"]
+    assert ratio == pytest.approx(ours["tokens_per_s"] / hf["tokens_per_s"])
+
+
+def test_generate_benchmark_prints_every_path(capsys):
+    bench.main(["generate", "--model", "tiny", "--tokens", "8", "--batch", "1", "2", "--repeats", "1",
+                "--compare-hf", "--device", "cpu"])
     out = capsys.readouterr().out
-    assert "KV cache" in out and "cache-free" in out and "speed-up" in out
+    for text in ("ours, KV cache", "ours, cache-free", "transformers generate", "batch 2: KV cache / cache-free"):
+        assert text in out
 
 
 def test_data_benchmark_runs_on_the_bundled_corpus(capsys):
     bench.main(["data", "--copies", "1", "--workers", "1", "--batch-size", "2", "--seq-len", "64"])
     out = capsys.readouterr().out
-    assert "single-thread encode_ordinary" in out and "ms/batch" in out
+    assert "single-thread encode_ordinary" in out and "ms_per_batch" in out and "pipeline / single-thread" in out

@@ -165,9 +165,11 @@ def test_optimizer_groups_decay_only_matrices():
     assert "decayed: 14 tensors" in messages[0]
 
 
-def test_optimizer_groups_of_124m_match_build_nanogpt_report():
+def test_optimizer_groups_of_124m_match_build_nanogpt_report(capsys):
     model = GPT(GPTConfig(vocab_size=50304))
     decay, no_decay = model.configure_optimizers(0.1, 6e-4, "cpu").param_groups
+    report = capsys.readouterr().out  # printed by default
+    assert "decayed: 50 tensors, 124,354,560 parameters" in report and "not decayed: 98 tensors, 121,344" in report
     assert (len(decay["params"]), sum(p.numel() for p in decay["params"])) == (50, 124_354_560)
     assert (len(no_decay["params"]), sum(p.numel() for p in no_decay["params"])) == (98, 121_344)
 

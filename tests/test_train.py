@@ -70,7 +70,7 @@ def test_gradient_accumulation_equals_one_big_batch():
 def test_tiny_model_overfits_a_single_batch():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, vocab_size=128, n_layer=2, n_head=2, n_embd=64))
-    opt = model.configure_optimizers(0.0, 3e-3, "cpu")
+    opt = model.configure_optimizers(0.0, 3e-3, "cpu", log=None)
     x, y = torch.randint(0, 128, (4, 16)), torch.randint(0, 128, (4, 16))
     for _ in range(300):
         _, loss = model(x, y)
@@ -112,7 +112,8 @@ def test_torchrun_two_ranks_match_one_process_with_accumulation(shards, tmp_path
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 ranks" in result.stdout
+    assert "2 ranks" in result.stdout and "run summary" in result.stdout
+    assert "projected after 5 timed steps" in result.stdout and "ETA" in result.stdout
     single, ddp = train_lines(one / "log.txt"), train_lines(tmp_path / "two" / "log.txt")
     assert sorted(single) == sorted(ddp) == list(range(6))
     assert max(abs(single[s] - ddp[s]) for s in single) <= 1e-5
