@@ -14,6 +14,7 @@ import torch
 import train_gpt2
 from checkpoint import list_checkpoints, load_checkpoint
 from conftest import ROOT
+from test_hellaswag import make_hellaswag_file
 from fineweb import Source, build_shards, expand_inputs
 from model import GPT, GPTConfig
 from train_gpt2 import get_lr, parse_config, train
@@ -104,11 +105,12 @@ def test_loss_falls_and_resume_is_bitwise_exact(shards, tmp_path):
 
 def test_torchrun_two_ranks_match_one_process_with_accumulation(shards, tmp_path):
     one = tmp_path / "one"
-    train(parse_config(tiny_args(shards, one)))
+    hella = ["--hellaswag-interval", "3", "--hellaswag-path", str(make_hellaswag_file(tmp_path / "hs.jsonl", 30))]
+    train(parse_config(tiny_args(shards, one, *hella)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_gpt2.py",
-         *tiny_args(shards, tmp_path / "two")],
+         *tiny_args(shards, tmp_path / "two", *hella)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -121,6 +123,9 @@ def test_torchrun_two_ranks_match_one_process_with_accumulation(shards, tmp_path
     # each rank evaluates its own val_steps micro-batches (build-nanogpt's semantics), so 2 ranks see twice the
     # val tokens: the losses are close but not equal
     assert sorted(val1) == sorted(val2) == [0, 3, 6] and abs(val1[0] - val2[0]) < 0.05
+    # HellaSwag split across the ranks, counts all-reduced: the same accuracy as one process
+    hella1, hella2 = train_lines(one / "log.txt", "hella"), train_lines(tmp_path / "two" / "log.txt", "hella")
+    assert sorted(hella1) == [0, 3, 6] and hella1 == hella2
 
 
 def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(shards, tmp_path):
@@ -191,3 +196,38 @@ def test_quickstart_preset_and_explicit_resume(tmp_path, capsys):
     cfg = parse_config(["--preset", "quickstart", "--run-dir", str(tmp_path), "--resume"])
     with pytest.raises(ValueError, match="no checkpoint"):
         train_gpt2.find_resume_checkpoint(cfg)
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_run_evaluates_samples_and_saves_plain_keys(shards, tmp_path):
+    """--compile on the CPU (inductor): validation, HellaSwag and samples run, and the losses match eager mode."""
+    examples = make_hellaswag_file(tmp_path / "hs.jsonl", 12)
+    extra = ["--max-steps", "4", "--eval-interval", "2", "--sample-interval", "4", "--hellaswag-interval", "4",
+             "--hellaswag-path", str(examples), "--checkpoint-interval", "0"]
+    eager = train(parse_config(tiny_args(shards, tmp_path / "eager", *extra)))
+    result = subprocess.run([sys.executable, "train_gpt2.py", *tiny_args(shards, tmp_path / "compiled", *extra),
+                             "--compile"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "compile on" in result.stdout and "sample 1:" in result.stdout
+    compiled = train_lines(tmp_path / "compiled" / "log.txt")
+    # inductor fuses kernels, so the rounding differs from eager mode: equal within fp32 noise, not bitwise
+    assert max(abs(compiled[s] - eager["losses"][s]) for s in range(4)) < 1e-4
+    val_e, val_c = train_lines(tmp_path / "eager" / "log.txt", "val"), train_lines(tmp_path / "compiled" / "log.txt", "val")
+    assert sorted(val_c) == [0, 2, 4] and max(abs(val_c[s] - val_e[s]) for s in val_c) < 1e-3
+    state = load_checkpoint(tmp_path / "compiled" / "ckpt_000004.pt")
+    assert all(not k.startswith(("_orig_mod.", "module.")) for k in state["model"])
+    # the logged HellaSwag accuracy is the standalone scorer's on the same weights
+    from checkpoint import model_from_checkpoint
+    from hellaswag import load_examples, score_examples
+
+    counts = score_examples(model_from_checkpoint(state), load_examples(path=str(examples)), torch.device("cpu"))
+    assert train_lines(tmp_path / "compiled" / "log.txt", "hella")[4] == round(counts["acc_norm_correct"] / 12, 4)
+
+
+def test_missing_hellaswag_file_is_said_once_and_the_run_goes_on(shards, tmp_path):
+    args = tiny_args(shards, tmp_path, "--max-steps", "2", "--hellaswag-interval", "1", "--hellaswag-path",
+                     str(tmp_path / "absent.jsonl"))
+    result = train(parse_config(args))
+    assert len(result["losses"]) == 2
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("HellaSwag is off") == 1 and " hella " not in log
