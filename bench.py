@@ -247,8 +247,10 @@ def parse_args(argv: Optional[list[str]] = None):
     sub = parser.add_subparsers(dest="what", required=True)
 
     train = sub.add_parser("train", help="training step throughput, MFU and peak memory")
-    train.add_argument("--model", default=None, help="a model.PRESETS shape (default: gpt2 on CUDA, mini elsewhere)")
-    train.add_argument("-B", "--batch-size", type=positive_int, default=None, help="default: 64 on CUDA, 8 elsewhere")
+    train.add_argument("--model", "--preset", dest="model", default=None,
+                       help="a model.PRESETS shape (default: gpt2 on CUDA, mini elsewhere)")
+    train.add_argument("-B", "--batch-size", "--micro-batch-size", dest="batch_size", type=positive_int, default=None,
+                       help="sequences per step (default: 64 on CUDA, 8 elsewhere)")
     train.add_argument("-T", "--seq-len", type=positive_int, default=None, help="default: 1024 on CUDA, 128 elsewhere")
     train.add_argument("--vocab-size", type=positive_int, default=50304, help="as in training: 50,257 padded")
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile (default: on CUDA)")
@@ -260,7 +262,7 @@ def parse_args(argv: Optional[list[str]] = None):
     train.add_argument("--compare-hf", action="store_true", help="also time transformers' GPT2LMHeadModel")
 
     gen = sub.add_parser("generate", help="sampling throughput with and without the KV cache")
-    gen.add_argument("--model", default="gpt2", help="a model.PRESETS shape with random weights")
+    gen.add_argument("--model", "--preset", dest="model", default="gpt2", help="a model.PRESETS shape, random weights")
     gen.add_argument("--init", default="", help="or real weights: checkpoint, HF directory or hub name")
     gen.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8], help="batch sizes to measure")
     gen.add_argument("--prompt-len", type=positive_int, default=8, help="prompt tokens")
