@@ -112,7 +112,6 @@ def time_training_step(model: torch.nn.Module, loss_of: Callable, x, y, args, de
         torch.cuda.reset_peak_memory_stats(device)
     seconds = median_time(step, args.repeats, device, warmup=args.warmup)
     peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    del optimizer
     return {"ms_per_step": 1000 * seconds, "peak_memory_gib": peak_gib, "seconds": seconds}
 
 
@@ -137,14 +136,17 @@ def bench_train(args) -> None:
     peak = peak_flops_of(device, args.peak_flops)
     flops_per_token = model.flops_per_token(T)
 
-    # each library's own way of getting the training loss: ours from targets, transformers' from shifted labels
-    candidates = [("ours", model, lambda m, idx, targets: m(idx, targets)[1])]
+    # each library's own way of getting the training loss: ours from targets, transformers' from shifted labels;
+    # the transformers twin is built only when its turn comes, so each peak-memory figure holds one model
+    candidates = [("ours", lambda: model, lambda m, idx, targets: m(idx, targets)[1])]
     if args.compare_hf:
-        candidates.append(("transformers", transformers_twin(model).to(device),
+        candidates.append(("transformers", lambda: transformers_twin(model).to(device),
                            lambda m, idx, targets: m(input_ids=idx, labels=idx).loss))
     rows = []
-    for impl, net, loss_of in candidates:
+    for impl, build, loss_of in candidates:
+        net = build()
         timing = time_training_step(net, loss_of, x, y, args, device, dtype)
+        net.cpu()  # off the GPU, so the next model's peak memory is its own
         tokens_per_s = B * T / timing["seconds"]
         rows.append({
             "bench": "train", "impl": impl, "model": name, "B": B, "T": T, "dtype": str(dtype).split(".")[-1],
@@ -152,7 +154,6 @@ def bench_train(args) -> None:
             "mfu_percent": 100 * flops_per_token * tokens_per_s / peak if peak else None,
             "peak_memory_gib": timing["peak_memory_gib"],
         })
-        del net
     ratios = {}
     if args.compare_hf:
         ratios["training tokens/s, ours / transformers"] = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]

@@ -92,7 +92,8 @@ def plot_runs(logs: dict[str, dict[str, list[tuple[int, float]]]], out: Union[st
                 steps, values = zip(*ev[kind])
                 ax.plot(steps, values, color=color, linewidth=0.8, label=name)
     if baselines:
-        ax_loss.axhline(GPT2_124M_VAL_LOSS, color="red", linestyle=":", label=f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})")
+        ax_loss.axhline(GPT2_124M_VAL_LOSS, color="red", linestyle=":",
+                        label=f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})")
         ax_hella.axhline(GPT2_124M_HELLASWAG, color="red", linestyle=":", label=f"GPT-2 124M ({GPT2_124M_HELLASWAG})")
         ax_hella.axhline(GPT3_124M_HELLASWAG, color="green", linestyle=":", label=f"GPT-3 124M ({GPT3_124M_HELLASWAG})")
     if not any(ev["hella"] for ev in logs.values()):

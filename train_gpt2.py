@@ -86,7 +86,8 @@ class TrainConfig:
     resume: Optional[bool] = arg(None, "continue from the newest checkpoint in run_dir; default: when there is one")
     seed: int = arg(1337, "seed of the model init, data shuffle and samples")
     device: str = arg("auto", "auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    dtype: str = arg("auto", "float32, bfloat16, float16; auto: bf16 on CUDA where supported, fp16 + grad scaler on older GPUs, fp32 on CPU")
+    dtype: str = arg("auto", "float32, bfloat16, float16; auto: bf16 on CUDA where supported, fp16 + grad scaler on "
+                             "older GPUs, fp32 on CPU")
     compile: Optional[bool] = arg(None, "torch.compile the model; default: on CUDA only")
     peak_flops: float = arg(0.0, "per-device peak FLOP/s for MFU; 0: known GPUs only")
 
@@ -300,6 +301,7 @@ def run_summary(cfg: TrainConfig, model: GPT, ddp: Dist, grad_accum: int, start_
     """The block printed at the start of a run: what will be trained, on what, for how long, and where it goes."""
     tokens_per_step = cfg.total_batch_size  # = B x T x grad_accum x world size, checked by gradient_accumulation_steps
     every = f"every {cfg.checkpoint_interval:,} steps and at the end" if cfg.checkpoint_interval else "at the end"
+    precision = "fp32" if dtype == torch.float32 else f"{str(dtype).replace('torch.', '')} autocast"
     return [
         "run summary",
         f"  model       {cfg.init_from or cfg.model}: {model.num_params():,} parameters, "
@@ -309,8 +311,7 @@ def run_summary(cfg: TrainConfig, model: GPT, ddp: Dist, grad_accum: int, start_
         f"  steps       {start_step:,} -> {cfg.max_steps:,} (warmup {cfg.warmup_steps:,}), "
         f"{cfg.max_steps * tokens_per_step:,} tokens in all, {(cfg.max_steps - start_step) * tokens_per_step:,} to go",
         f"  data        {cfg.data_dir}: {len(train_loader.paths)} train / {len(val_loader.paths)} val shards",
-        f"  precision   {device}, {'fp32' if dtype == torch.float32 else str(dtype).replace('torch.', '') + ' autocast'}, "
-        f"compile {'on' if use_compile else 'off'}",
+        f"  precision   {device}, {precision}, compile {'on' if use_compile else 'off'}",
         f"  run dir     {cfg.run_dir}: log.txt, checkpoints {every} (newest {cfg.keep_checkpoints or 'all'} kept)",
     ]
 
