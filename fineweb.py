@@ -18,6 +18,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Optional
@@ -254,7 +255,8 @@ def build_shards(
     buffer = np.empty(capacity(), dtype=np.uint16)
     fill = 0
     first_doc, skip = manifest["next"]["document"], manifest["next"]["offset"]
-    bar = tqdm(desc=f"tokenizing -> {out_dir}", unit="tok", unit_scale=True, initial=written, dynamic_ncols=True)
+    bar = tqdm(desc=f"tokenizing -> {out_dir}", unit="tok", unit_scale=True, initial=written, dynamic_ncols=True,
+               total=expected_tokens(source))
     documents = iter_documents(source, streaming, first_doc)
     doc_index = first_doc - 1
     for doc_index, tokens in enumerate(tokenized_stream(documents, workers), start=first_doc):
@@ -302,6 +304,13 @@ def finish_shard(
     manifest["next"] = resume_at or {"document": next_document, "offset": 0}
     write_manifest(out_dir, manifest)
     return written + len(tokens)
+
+
+def expected_tokens(source: Source) -> Optional[int]:
+    """The progress bar's total where the dataset states its size: FineWeb's sample-NBT configs hold ~N billion
+    GPT-2 tokens. Local text has no stated size, so its bar counts without a total."""
+    m = re.fullmatch(r"sample-(\d+)BT", source.config or "")
+    return int(m.group(1)) * 10**9 if source.kind == "hub" and m else None
 
 
 def default_val_tokens(source: Source, shard_size: int) -> int:

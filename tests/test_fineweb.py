@@ -188,3 +188,9 @@ def test_bundled_corpus_tokenizes_to_hundreds_of_thousands_of_tokens(tmp_path):
     assert manifest["documents"] == 8
     splits = [s["split"] for s in manifest["shards"]]
     assert splits == ["val", "train"]
+
+
+def test_progress_total_comes_from_the_stated_dataset_size():
+    assert fineweb.expected_tokens(Source("hub", dataset="HuggingFaceFW/fineweb-edu", config="sample-10BT")) == 10**10
+    assert fineweb.expected_tokens(Source("hub", dataset="HuggingFaceFW/fineweb-edu", config="default")) is None
+    assert fineweb.expected_tokens(Source("local", files=["a.txt"])) is None
