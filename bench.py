@@ -184,6 +184,8 @@ def bench_generate(args) -> None:
             "ours, KV cache": lambda: model.generate(prompt, args.tokens, temperature=0),
             "ours, cache-free": lambda: model.generate(prompt, args.tokens, temperature=0, use_cache=False),
         }
+        if args.compile:
+            runs["ours, KV cache, compiled"] = lambda: model.generate(prompt, args.tokens, temperature=0, compile=True)
         if hf is not None:
             mask = torch.ones_like(prompt)
             runs["transformers generate"] = lambda: hf.generate(
@@ -199,6 +201,10 @@ def bench_generate(args) -> None:
                          "prompt": args.prompt_len, "new_tokens": args.tokens, "tokens_per_s": speed[impl],
                          "ms_per_token": 1000 * seconds / args.tokens})
         ratios[f"batch {batch}: KV cache / cache-free"] = speed["ours, KV cache"] / speed["ours, cache-free"]
+        if args.compile:
+            ratios[f"batch {batch}: compiled KV cache / KV cache"] = (
+                speed["ours, KV cache, compiled"] / speed["ours, KV cache"]
+            )
         if hf is not None:
             ratios[f"batch {batch}: ours (KV cache) / transformers generate"] = (
                 speed["ours, KV cache"] / speed["transformers generate"]
@@ -270,6 +276,8 @@ def parse_args(argv: Optional[list[str]] = None):
     gen.add_argument("--tokens", type=positive_int, default=256, help="new tokens per sequence")
     gen.add_argument("--repeats", type=positive_int, default=3, help="timed runs; the median is reported")
     gen.add_argument("--compare-hf", action="store_true", help="also time transformers' generate (greedy, cached)")
+    gen.add_argument("--compile", action="store_true",
+                     help="also time the compiled decoding step (CUDA graphs on a GPU; compiled once, in the warm-up)")
 
     data = sub.add_parser("data", help="tokenizer pipeline and data loader throughput")
     data.add_argument("--input", nargs="+", help="text files (default: the bundled corpus)")

@@ -7,7 +7,7 @@ This file knows nothing about ranks, logs, run directories or command lines.
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -76,6 +76,15 @@ class KVCache:
         self.v[:, :, start : start + T] = v
         return self.k[:, :, : start + T], self.v[:, :, : start + T]
 
+    def update_at(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write one position's k, v (B, nh, 1, hd) at pos, a (1,) tensor; return the whole cache and a
+        mask (1, 1, 1, max_len) of the positions filled so far. The shapes do not depend on pos, as torch.compile and
+        CUDA graphs need."""
+        self.k.index_copy_(2, pos, k)
+        self.v.index_copy_(2, pos, v)
+        filled = torch.arange(self.max_len, device=pos.device) <= pos  # (max_len,)
+        return self.k, self.v, filled.view(1, 1, 1, self.max_len)
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -84,13 +93,19 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, start: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: Optional[KVCache] = None, start: Union[int, torch.Tensor] = 0
+    ) -> torch.Tensor:
         B, T, C = x.shape
         hd = C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
         v = v.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+        if isinstance(start, torch.Tensor):  # one token at a tensor position, over the whole fixed-size cache
+            k, v, filled = cache.update_at(start, k, v)  # (B, nh, max_len, hd) x 2, (1, 1, 1, max_len)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=filled)
+            return self.c_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, nh, 1, hd) -> (B, 1, C)
         if cache is not None:
             k, v = cache.update(start, k, v)  # (B, nh, start + T, hd)
         if start == 0:
@@ -122,7 +137,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, start: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: Optional[KVCache] = None, start: Union[int, torch.Tensor] = 0
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, start)
         return x + self.mlp(self.ln_2(x))
 
@@ -168,13 +185,20 @@ class GPT(nn.Module):
         T = seq_len or c.block_size
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
 
-    def _hidden(self, idx: torch.Tensor, caches: Optional[list[KVCache]] = None, start: int = 0) -> torch.Tensor:
+    def _hidden(
+        self, idx: torch.Tensor, caches: Optional[list[KVCache]] = None, start: Union[int, torch.Tensor] = 0
+    ) -> torch.Tensor:
+        """Final hidden states (B, T, C); start is the position of idx[:, 0]: an int, or for one cached decoding step
+        with fixed shapes a (1,) tensor."""
         B, T = idx.shape
-        if start + T > self.config.block_size:
+        if isinstance(start, torch.Tensor):
+            pos = start  # (1,), checked against block_size by generate
+        elif start + T > self.config.block_size:
             raise ValueError(
                 f"sequence of length {start + T} is longer than the model's block_size {self.config.block_size}"
             )
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        else:
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, caches[i] if caches is not None else None, start)
@@ -291,10 +315,19 @@ class GPT(nn.Module):
     # ----------------------------------------------------------------------------------------------------------
     # Sampling
 
-    def _next_logits(self, idx: torch.Tensor, caches: Optional[list[KVCache]], start: int) -> torch.Tensor:
+    def _next_logits(
+        self, idx: torch.Tensor, caches: Optional[list[KVCache]], start: Union[int, torch.Tensor]
+    ) -> torch.Tensor:
         """Logits (B, V) for the token after idx, computing the vocabulary projection for the last position only."""
         x = self._hidden(idx, caches, start)  # (B, T, C)
         return self.lm_head(x[:, -1, :]).float()  # (B, V)
+
+    def _compiled_decode_step(self, device: torch.device) -> Callable:
+        """The compiled decoding step, made once per model and reused by later generate calls."""
+        if getattr(self, "_decode_step", None) is None:
+            mode = "reduce-overhead" if device.type == "cuda" else None  # reduce-overhead: CUDA graphs
+            self._decode_step = torch.compile(self._next_logits, fullgraph=True, mode=mode)
+        return self._decode_step
 
     @torch.no_grad()
     def generate(
@@ -306,10 +339,15 @@ class GPT(nn.Module):
         generator: Optional[torch.Generator] = None,
         use_cache: bool = True,
         vocab_limit: Optional[int] = None,
+        compile: bool = False,
     ) -> torch.Tensor:
         """Append max_new_tokens sampled tokens to idx (B, T); temperature 0 is greedy.
 
         vocab_limit restricts sampling to ids below it: the rows a padded vocabulary adds are no tokens.
+
+        compile runs each cached decoding step through torch.compile with fixed shapes (the step attends over the
+        whole preallocated cache, masked), and on CUDA replays it as a CUDA graph: one launch per token instead of
+        a dozen per layer, which is what batch-1 decoding on a GPU is bound by.
 
         With use_cache the prompt is run once and each new token costs one position. Past block_size the context
         window slides, which shifts every position, so from there each step recomputes the last block_size tokens,
@@ -328,6 +366,7 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         caches = None
+        decode_step = self._compiled_decode_step(idx.device) if compile and use_cache else None
         for _ in range(max_new_tokens):
             length = idx.size(1)
             if not use_cache or length > block_size:
@@ -335,6 +374,13 @@ class GPT(nn.Module):
             elif caches is None:  # prefill the prompt
                 caches = [KVCache(block_size) for _ in range(self.config.n_layer)]
                 logits = self._next_logits(idx, caches, 0)
+                if decode_step is not None:
+                    for cache in caches:  # CUDA graphs may then update the caches in place
+                        torch._dynamo.mark_static_address(cache.k)
+                        torch._dynamo.mark_static_address(cache.v)
+            elif decode_step is not None:
+                position = torch.tensor([length - 1], device=idx.device)  # (1,)
+                logits = decode_step(idx[:, -1:], caches, position).clone()  # a CUDA graph reuses its output
             else:  # the cache holds positions 0..length-2; run only the newest token
                 logits = self._next_logits(idx[:, -1:], caches, length - 1)
             next_id = sample_next(logits[:, :vocab_limit], temperature, top_k, generator)  # (B, 1)

@@ -24,6 +24,7 @@ def sample_texts(
     seed: int = 42,
     dtype: torch.dtype = torch.float32,
     use_cache: bool = True,
+    compile: bool = False,
 ) -> list[str]:
     """num_samples continuations of prompt (prompt included); an empty prompt starts from <|endoftext|>."""
     enc = get_tokenizer()
@@ -40,6 +41,7 @@ def sample_texts(
             generator=generator,
             use_cache=use_cache,
             vocab_limit=enc.n_vocab,
+            compile=compile,
         )
     return [enc.decode(row) for row in out.tolist()]
 
@@ -55,6 +57,8 @@ def parse_args(argv: Optional[list[str]] = None):
     parser.add_argument("--seed", type=non_negative_int, default=42, help="random seed of the sampler")
     add_device_flags(parser)
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the cached decoding step (CUDA graphs on a GPU); pays off for long samples")
     return parser.parse_args(argv)
 
 
@@ -76,6 +80,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         seed=args.seed,
         dtype=dtype,
         use_cache=not args.no_cache,
+        compile=args.compile,
     )
     for i, text in enumerate(texts, start=1):
         print(f"sample {i}: {text}")

@@ -1,3 +1,4 @@
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ sys.path.insert(0, str(ROOT))
 from checkpoint import save_checkpoint  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
+# torch.compile on the CPU (inductor) builds C++ kernels
+HAS_CXX = bool(shutil.which("c++") or shutil.which("g++"))
 TINY = dict(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_hf_model
+from conftest import HAS_CXX, make_hf_model
 
 from model import GPT, GPTConfig, config_from_hf, config_from_preset
 
@@ -186,6 +186,35 @@ def test_cached_chunk_after_prefix_equals_full_forward():
         model._hidden(x[:, :7], caches, 0)
         chunk = model.lm_head(model._hidden(x[:, 7:], caches, 7))
     assert (chunk - full[:, 7:]).abs().max().item() < 1e-5
+
+
+def test_fixed_shape_decoding_step_equals_full_forward():
+    """The compile-friendly step (tensor position, whole cache under a mask) gives the full forward's logits."""
+    from model import KVCache
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=24, vocab_size=80, n_layer=2, n_head=2, n_embd=16)).eval()
+    x = torch.randint(0, 80, (2, 20))
+    with torch.no_grad():
+        full = model.lm_head(model._hidden(x))  # (2, 20, 80)
+        caches = [KVCache(24) for _ in range(2)]
+        model._hidden(x[:, :5], caches, 0)
+        for t in range(5, 20):
+            step = model._next_logits(x[:, t : t + 1], caches, torch.tensor([t]))
+            assert (step - full[:, t]).abs().max().item() < 1e-5
+
+
+@pytest.mark.skipif(not HAS_CXX, reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_generation_equals_eager_generation():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=300, n_layer=2, n_head=2, n_embd=32))
+    prompt = torch.randint(0, 300, (2, 4))
+    # greedy past block_size (the window slides there, uncompiled), then seeded sampling
+    greedy = [model.generate(prompt, 40, temperature=0, compile=c) for c in (True, False)]
+    assert torch.equal(greedy[0], greedy[1])
+    sampled = [model.generate(prompt, 20, top_k=10, generator=torch.Generator().manual_seed(1), compile=c)
+               for c in (True, False)]
+    assert torch.equal(sampled[0], sampled[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -13,7 +13,7 @@ import torch
 
 import train_gpt2
 from checkpoint import list_checkpoints, load_checkpoint
-from conftest import ROOT
+from conftest import HAS_CXX, ROOT
 from test_hellaswag import make_hellaswag_file
 from fineweb import Source, build_shards, expand_inputs
 from model import GPT, GPTConfig
@@ -196,9 +196,6 @@ def test_quickstart_preset_and_explicit_resume(tmp_path, capsys):
     cfg = parse_config(["--preset", "quickstart", "--run-dir", str(tmp_path), "--resume"])
     with pytest.raises(ValueError, match="no checkpoint"):
         train_gpt2.find_resume_checkpoint(cfg)
-
-
-HAS_CXX = bool(shutil.which("c++") or shutil.which("g++"))
 
 
 @pytest.mark.skipif(not HAS_CXX, reason="torch.compile on CPU needs a C++ compiler")
