@@ -209,6 +209,10 @@ def bench_generate(args) -> None:
             ratios[f"batch {batch}: ours (KV cache) / transformers generate"] = (
                 speed["ours, KV cache"] / speed["transformers generate"]
             )
+        if hf is not None and args.compile:
+            ratios[f"batch {batch}: ours (compiled KV cache) / transformers generate"] = (
+                speed["ours, KV cache, compiled"] / speed["transformers generate"]
+            )
     columns = ["impl", "model", "batch", "prompt", "new_tokens", "tokens_per_s", "ms_per_token"]
     report(describe_device(device) + f", {str(dtype).split('.')[-1]}, greedy", rows, columns, ratios, args.json)
 
