@@ -81,15 +81,7 @@ def report(header: str, rows: list[dict[str, Any]], columns: list[str], ratios: 
 
 def transformers_twin(model):
     """transformers' GPT2LMHeadModel with our model's config and weights (SDPA attention, like ours)."""
-    from transformers import GPT2LMHeadModel
-
-    from model import hf_config_from
-
-    config = hf_config_from(model.config)
-    config._attn_implementation = "sdpa"
-    hf = GPT2LMHeadModel(config)
-    hf.load_state_dict(model.to_hf_state_dict(), strict=False)  # strict=False: transformers' own mask buffers
-    return hf
+    return model.to_hf(attn_implementation="sdpa")
 
 
 def time_training_step(model: torch.nn.Module, loss_of: Callable, x, y, args, device, dtype) -> dict[str, Any]:

@@ -28,20 +28,11 @@ def write_tokenizer(out_dir: Path) -> None:
 
 def export_hf(init: Union[str, Path], out_dir: Union[str, Path], vocab_size: int = N_VOCAB) -> Path:
     """Write our model (checkpoint, HF directory or hub name) as a transformers GPT2LMHeadModel directory."""
-    from transformers import GPT2LMHeadModel
-
-    from model import hf_config_from
-
     model = load_model(str(init))
-    if model.config.vocab_size < vocab_size:
-        raise ValueError(f"{init}: the model's vocabulary ({model.config.vocab_size}) is smaller than {vocab_size}")
-    config = hf_config_from(model.config)
-    config.vocab_size = vocab_size
-    hf = GPT2LMHeadModel(config)
-    result = hf.load_state_dict(model.to_hf_state_dict(vocab_size), strict=False)
-    if result.missing_keys or result.unexpected_keys:  # strict=False only for transformers' non-weight buffers
-        raise ValueError(f"export does not fit GPT2LMHeadModel: missing {result.missing_keys[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}")
+    try:
+        hf = model.to_hf(vocab_size)
+    except ValueError as e:
+        raise ValueError(f"{init}: {e}") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(out_dir, safe_serialization=True)

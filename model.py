@@ -282,6 +282,24 @@ class GPT(nn.Module):
             out[key] = value.detach().clone().contiguous()
         return out
 
+    def to_hf(self, vocab_size: Optional[int] = None, attn_implementation: Optional[str] = None):
+        """A transformers GPT2LMHeadModel holding our weights, the vocabulary cut to vocab_size rows."""
+        from transformers import GPT2LMHeadModel
+
+        vocab_size = vocab_size or self.config.vocab_size
+        if self.config.vocab_size < vocab_size:
+            raise ValueError(f"the model's vocabulary ({self.config.vocab_size}) is smaller than {vocab_size}")
+        config = hf_config_from(self.config)
+        config.vocab_size = vocab_size
+        if attn_implementation:
+            config._attn_implementation = attn_implementation
+        hf = GPT2LMHeadModel(config)
+        result = hf.load_state_dict(self.to_hf_state_dict(vocab_size), strict=False)
+        if result.missing_keys or result.unexpected_keys:  # strict=False only for transformers' non-weight buffers
+            raise ValueError(f"our weights do not fit GPT2LMHeadModel: missing {result.missing_keys[:5]}, "
+                             f"unexpected {result.unexpected_keys[:5]}")
+        return hf
+
     # ----------------------------------------------------------------------------------------------------------
     # Training
 
