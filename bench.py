@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from cli import ArgumentParser, non_negative_float, non_negative_int, positive_int, run_cli
-from common import add_device_flags, autocast, peak_flops_of, pick_device, pick_dtype, synchronize
+from common import add_device_flags, allow_tf32, autocast, peak_flops_of, pick_device, pick_dtype, synchronize
 
 ROOT = Path(__file__).resolve().parent
 # Defaults when no shape is given: the GPU goal's setting on CUDA, something a laptop CPU runs in seconds elsewhere.
@@ -115,9 +115,7 @@ def bench_train(args) -> None:
     defaults = TRAIN_DEFAULTS["cuda" if device.type == "cuda" else "other"]
     name, B, T = args.model or defaults[0], args.batch_size or defaults[1], args.seq_len or defaults[2]
     args.compile = device.type == "cuda" if args.compile is None else args.compile
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    allow_tf32(device)
     config = config_from_preset(name, vocab_size=args.vocab_size)
     if T > config.block_size:
         raise ValueError(f"--seq-len {T} is longer than {name}'s context ({config.block_size})")

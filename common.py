@@ -54,6 +54,13 @@ def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     return dtype
 
 
+def allow_tf32(device: torch.device) -> None:
+    """TF32 tensor cores for fp32 matmuls and convolutions on CUDA, as build-nanogpt sets them."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Mixed precision for forward passes; a no-op for float32 (parameters stay fp32 either way)."""
     if dtype == torch.float32:

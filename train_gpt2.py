@@ -39,7 +39,7 @@ from checkpoint import (
     save_checkpoint,
 )
 from cli import ArgumentParser, run_cli
-from common import autocast, peak_flops_of, pick_device, pick_dtype, synchronize
+from common import allow_tf32, autocast, peak_flops_of, pick_device, pick_dtype, synchronize
 from dataloader import ShardLoader, list_shards
 from model import GPT, PRESETS, GPTConfig
 from sample import sample_texts
@@ -423,9 +423,7 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device) -> dict[str, Any]:
     log = RunLog(run_dir, ddp.master)
     dtype = pick_dtype(device, cfg.dtype)
     use_compile = device.type == "cuda" if cfg.compile is None else cfg.compile
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    allow_tf32(device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
