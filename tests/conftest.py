@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from checkpoint import save_checkpoint  # noqa: E402
+from cli import run_cli  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 # torch.compile on the CPU (inductor) builds C++ kernels
@@ -48,3 +49,14 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_ckpt") / "ckpt_000000.pt"
     save_checkpoint(path, {"model": model.state_dict(), "config": dict(TINY), "step": 0})
     return path
+
+
+def run_cli_main(main, argv, capsys):
+    """Run a script's main in-process as its command line does; return (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        run_cli(lambda: main(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

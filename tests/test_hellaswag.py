@@ -8,7 +8,7 @@ import torch
 
 import hellaswag
 from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import run_cli
+from conftest import run_cli_main
 from hellaswag import load_examples, score_examples
 from tokenizer import get_tokenizer
 
@@ -119,12 +119,7 @@ def test_offline_without_a_file_says_where_to_put_it(tmp_path, monkeypatch, caps
     monkeypatch.setattr(hellaswag.urllib.request, "urlopen", offline)
     with pytest.raises(OSError, match=r"put hellaswag_val.jsonl in .*cache"):
         load_examples("val")
-    code = None
-    try:
-        run_cli(lambda: hellaswag.main(["-m", "gpt2"]))
-    except SystemExit as e:
-        code = e.code
-    err = capsys.readouterr().err
+    code, _, err = run_cli_main(hellaswag.main, ["-m", "gpt2"], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "--data" in err
 
 

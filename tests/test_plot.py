@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import plot
-from cli import run_cli
+from conftest import run_cli_main
 
 
 def write_log(path, steps=60, val=True, hella=True):
@@ -23,12 +23,7 @@ def write_log(path, steps=60, val=True, hella=True):
 
 
 def run_main(argv, capsys):
-    code = 0
-    try:
-        run_cli(lambda: plot.main(argv))
-    except SystemExit as e:
-        code = e.code
-    return code, *capsys.readouterr()
+    return run_cli_main(plot.main, argv, capsys)
 
 
 def test_parse_log_reads_events_and_skips_comments(tmp_path):

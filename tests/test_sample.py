@@ -9,19 +9,11 @@ import torch
 
 import sample
 from checkpoint import load_checkpoint, load_model, model_from_checkpoint
-from cli import run_cli
-from conftest import ROOT
+from conftest import ROOT, run_cli_main
 
 
 def run_main(argv, capsys):
-    """Run sample.py's main in-process as the CLI does; return (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        run_cli(lambda: sample.main(argv))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli_main(sample.main, argv, capsys)
 
 
 def test_cli_samples_from_a_hf_directory_offline(tiny_hf_dir):
