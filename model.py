@@ -158,6 +158,7 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        self._decode_steps: dict[str, Callable] = {}  # compiled decoding steps by device type, made on first use
         self.apply(self._init_weights)
         # Each block adds two projections to the residual stream; scale them so its variance stays ~constant.
         residual_std = 0.02 * (2 * config.n_layer) ** -0.5
@@ -341,11 +342,11 @@ class GPT(nn.Module):
         return self.lm_head(x[:, -1, :]).float()  # (B, V)
 
     def _compiled_decode_step(self, device: torch.device) -> Callable:
-        """The compiled decoding step, made once per model and reused by later generate calls."""
-        if getattr(self, "_decode_step", None) is None:
+        """The compiled decoding step, made once per model and device type and reused by later generate calls."""
+        if device.type not in self._decode_steps:
             mode = "reduce-overhead" if device.type == "cuda" else None  # reduce-overhead: CUDA graphs
-            self._decode_step = torch.compile(self._next_logits, fullgraph=True, mode=mode)
-        return self._decode_step
+            self._decode_steps[device.type] = torch.compile(self._next_logits, fullgraph=True, mode=mode)
+        return self._decode_steps[device.type]
 
     @torch.no_grad()
     def generate(
