@@ -23,8 +23,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from cli import ArgumentParser, non_negative_float, non_negative_int, positive_int, run_cli
-from common import add_device_flags, allow_tf32, autocast, peak_flops_of, pick_device, pick_dtype, synchronize
+from checkpoint import load_model
+from cli import ArgumentParser, first_line, non_negative_float, non_negative_int, positive_int, run_cli
+from common import add_device_flags, allow_tf32, autocast, device_and_dtype, peak_flops_of, synchronize
+from dataloader import ShardLoader
+from fineweb import expand_inputs, iter_local_documents
+from model import GPT, PADDED_VOCAB_SIZE, config_from_preset
+from tokenizer import N_VOCAB, get_tokenizer
 
 ROOT = Path(__file__).resolve().parent
 # Defaults when no shape is given: the GPU goal's setting on CUDA, something a laptop CPU runs in seconds elsewhere.
@@ -86,8 +91,6 @@ def transformers_twin(model):
 
 def time_training_step(model: torch.nn.Module, loss_of: Callable, x, y, args, device, dtype) -> dict[str, Any]:
     """Median time of one full optimizer step (forward, backward, clip, AdamW) and the peak memory it takes."""
-    from model import GPT
-
     # the same AdamW set-up for both models: GPT.configure_optimizers only walks model.parameters()
     optimizer = GPT.configure_optimizers(model, 0.1, 6e-4, device.type, log=None)
     forward = torch.compile(model) if args.compile else model
@@ -108,21 +111,17 @@ def time_training_step(model: torch.nn.Module, loss_of: Callable, x, y, args, de
 
 
 def bench_train(args) -> None:
-    from model import GPT, config_from_preset
-
-    device = pick_device(args.device)
-    dtype = pick_dtype(device, args.dtype)
+    device, dtype = args.device, args.dtype
     defaults = TRAIN_DEFAULTS["cuda" if device.type == "cuda" else "other"]
     name, B, T = args.model or defaults[0], args.batch_size or defaults[1], args.seq_len or defaults[2]
     args.compile = device.type == "cuda" if args.compile is None else args.compile
     allow_tf32(device)
     config = config_from_preset(name, vocab_size=args.vocab_size)
-    if T > config.block_size:
-        raise ValueError(f"--seq-len {T} is longer than {name}'s context ({config.block_size})")
+    config.check_context(T, what=f"--seq-len {T}")
     torch.manual_seed(0)
     model = GPT(config).to(device)
-    x = torch.randint(0, 50257, (B, T), device=device)
-    y = torch.randint(0, 50257, (B, T), device=device)
+    x = torch.randint(0, N_VOCAB, (B, T), device=device)
+    y = torch.randint(0, N_VOCAB, (B, T), device=device)
     peak = peak_flops_of(device, args.peak_flops)
     flops_per_token = model.flops_per_token(T)
 
@@ -157,11 +156,7 @@ def bench_train(args) -> None:
 
 
 def bench_generate(args) -> None:
-    from checkpoint import load_model
-    from model import GPT, config_from_preset
-
-    device = pick_device(args.device)
-    dtype = pick_dtype(device, args.dtype)
+    device, dtype = args.device, args.dtype
     torch.manual_seed(0)
     model = load_model(args.init, device) if args.init else GPT(config_from_preset(args.model)).to(device)
     model.eval()
@@ -169,7 +164,7 @@ def bench_generate(args) -> None:
     hf = transformers_twin(model).to(device).eval() if args.compare_hf else None
     rows, ratios = [], {}
     for batch in args.batch:
-        prompt = torch.randint(0, 50257, (batch, args.prompt_len), device=device)
+        prompt = torch.randint(0, N_VOCAB, (batch, args.prompt_len), device=device)
         runs = {
             "ours, KV cache": lambda: model.generate(prompt, args.tokens, temperature=0),
             "ours, cache-free": lambda: model.generate(prompt, args.tokens, temperature=0, use_cache=False),
@@ -212,9 +207,6 @@ def bench_generate(args) -> None:
 
 
 def bench_data(args) -> None:
-    from dataloader import ShardLoader
-    from fineweb import expand_inputs, iter_local_documents
-    from tokenizer import get_tokenizer
 
     files = expand_inputs(args.input or [str(ROOT / "assets" / "shakespeare")])
     docs = list(iter_local_documents(files, "text")) * args.copies  # enough text to amortise the pool start-up
@@ -244,7 +236,7 @@ def bench_data(args) -> None:
 
 
 def parse_args(argv: Optional[list[str]] = None):
-    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(description=first_line(__doc__))
     sub = parser.add_subparsers(dest="what", required=True)
 
     train = sub.add_parser("train", help="training step throughput, MFU and peak memory")
@@ -253,7 +245,8 @@ def parse_args(argv: Optional[list[str]] = None):
     train.add_argument("-B", "--batch-size", "--micro-batch-size", dest="batch_size", type=positive_int, default=None,
                        help="sequences per step (default: 64 on CUDA, 8 elsewhere)")
     train.add_argument("-T", "--seq-len", type=positive_int, default=None, help="default: 1024 on CUDA, 128 elsewhere")
-    train.add_argument("--vocab-size", type=positive_int, default=50304, help="as in training: 50,257 padded")
+    train.add_argument("--vocab-size", type=positive_int, default=PADDED_VOCAB_SIZE,
+                       help=f"as in training: {N_VOCAB:,} padded to a multiple of 128")
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile (default: on CUDA)")
     train.add_argument("--no-compile", dest="compile", action="store_false")
     train.add_argument("--warmup", type=non_negative_int, default=3, help="untimed steps first (compilation)")
@@ -284,7 +277,10 @@ def parse_args(argv: Optional[list[str]] = None):
         add_device_flags(p)
     for p in (train, gen, data):
         p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.what in ("train", "generate"):
+        args.device, args.dtype = device_and_dtype(parser, args.device, args.dtype)
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> None:

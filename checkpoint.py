@@ -1,16 +1,31 @@
-"""The one checkpoint format: atomic saves, safe loads (weights_only), and "a model from --init" for every script.
+"""The one checkpoint format and its one owner: the training state built and restored here, atomic saves, safe
+loads (weights_only), and "a model from --init" for every script.
 
 A checkpoint is a dict of tensors and plain Python values, so torch.load(..., weights_only=True) reads it:
-model, optimizer, config, train_config, step, loader, rng, val_loss.
+  model         the model's state_dict, keys as in model.py (never with _orig_mod. or module. prefixes)
+  config        the GPTConfig, as a dict
+  optimizer     AdamW's state_dict
+  scaler        the gradient scaler's state_dict (fp16 runs only)
+  train_config  the run's TrainConfig, as a dict
+  step          optimizer steps done; the run continues with step `step`
+  loader        where the train loader's next batch starts (epoch, shard, position)
+  rng           Python, numpy, torch and CUDA generator states
+  val_loss      the newest validation loss (None before the first)
+  evaluated     whether the evaluations due at `step` are done (False when a stop cut them short)
+A model alone (sample.py, export) needs only model and config.
 """
 
-import os
+import dataclasses
+import random
 import re
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 
+from cli import first_line
+from files import atomic_file, remove_stale_temporaries
 from model import GPT, HF_MODEL_NAMES, GPTConfig
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d{6,})\.pt$")
@@ -29,15 +44,15 @@ def list_checkpoints(run_dir: Union[str, Path]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def remove_unfinished_checkpoints(run_dir: Union[str, Path]) -> list[Path]:
+    """Delete the temporary files of checkpoint saves that a kill interrupted."""
+    return remove_stale_temporaries(run_dir, CHECKPOINT_PATTERN)
+
+
 def save_checkpoint(path: Union[str, Path], state: dict[str, Any]) -> None:
-    """Write to a temporary file, flush it to disk, then rename: a crash mid-save leaves older files intact."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    """Atomic (files.atomic_file): a crash or a signal mid-save leaves the older files intact."""
+    with atomic_file(path) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def prune_checkpoints(run_dir: Union[str, Path], keep: int) -> None:
@@ -55,11 +70,87 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, disallowed pickled objects ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not a readable checkpoint: {reason[:200]}") from None
+        raise ValueError(f"{path} is not a readable checkpoint: {first_line(e)[:200]}") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not a checkpoint of this project (expected a dict with 'model' and 'config')")
     return state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training state
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch and CUDA generator states as tensors and plain values (weights_only-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loader,
+    *,
+    step: int,
+    val_loss: Optional[float],
+    evaluated: bool,
+    train_config: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything a run needs to continue exactly where it is, in the format above. `model` is the plain model, not
+    its compiled or DDP-wrapped views, so the keys carry no prefixes."""
+    state = {
+        "model": model.state_dict(),
+        "config": dataclasses.asdict(model.config),
+        "optimizer": optimizer.state_dict(),
+        "train_config": dict(train_config),
+        "step": step,
+        "loader": loader.state_dict(),
+        "rng": rng_state(),
+        "val_loss": val_loss,
+        "evaluated": evaluated,
+    }
+    if scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
+def restore_training_state(
+    state: dict[str, Any], model: GPT, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader
+) -> tuple[int, Optional[float], bool]:
+    """Load a training_state into the run's objects; return (step, val_loss, evaluated)."""
+    for key in ("optimizer", "step", "loader", "rng"):
+        if key not in state:
+            raise ValueError(f"the checkpoint holds a model but no training state ({key!r} is missing) to resume")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if "scaler" in state and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    loader.load_state_dict(state["loader"])
+    set_rng_state(state["rng"])
+    return int(state["step"]), state.get("val_loss"), bool(state.get("evaluated", True))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A model from --init
 
 
 def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> GPT:
@@ -71,7 +162,7 @@ def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> 
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise ValueError(f"{source}: weights do not fit the model config: {str(e).splitlines()[0]}") from None
+        raise ValueError(f"{source}: weights do not fit the model config: {first_line(e)}") from None
     return model
 
 
@@ -80,9 +171,18 @@ def load_model(init: str, device: Union[str, torch.device] = "cpu") -> GPT:
     path = Path(init)
     if path.is_file():
         model = model_from_checkpoint(load_checkpoint(path), source=str(path))
-    elif path.is_dir() or init in HF_MODEL_NAMES:
+    elif path.is_dir():
         model = GPT.from_pretrained(init)
-    elif init.endswith(".pt") or os.sep in init:
+    elif init in HF_MODEL_NAMES:
+        try:
+            model = GPT.from_pretrained(init)
+        except Exception as e:  # offline, hub down, no disk space ...
+            raise OSError(
+                f"could not fetch {init!r} from the Hugging Face hub ({first_line(e)}). Offline? On a machine that "
+                f"is online run GPT2LMHeadModel.from_pretrained({init!r}).save_pretrained('DIR'), copy DIR here and "
+                f"pass its path instead"
+            ) from None
+    elif init.endswith(".pt") or "/" in init or "\\" in init:
         raise FileNotFoundError(f"no such checkpoint or directory: {init}")
     else:
         raise ValueError(

@@ -7,6 +7,9 @@ from typing import Optional
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
+DTYPE_HELP = ("autocast dtype: float32, bfloat16, float16; auto: bf16 on CUDA where supported, fp16 (with a gradient "
+              "scaler in training) on older GPUs, fp32 elsewhere")
 # Peak dense bf16 tensor-core FLOP/s (no sparsity) for MFU, matched against the CUDA device name in this order, so
 # the more specific names come first ("A10" is also a substring of "A100").
 PEAK_FLOPS = (
@@ -32,11 +35,15 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+        raise ValueError(f"unknown device {name!r} (use {DEVICE_HELP})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise ValueError(f"{name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: MPS is not available on this machine")
+        raise ValueError(f"{name}: MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r} (use {DEVICE_HELP})")
     return device
 
 
@@ -50,7 +57,7 @@ def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r} (use auto, {', '.join(DTYPES)})")
     dtype = DTYPES[name]
     if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("--dtype float16 needs a GPU; use float32 or bfloat16 on the CPU")
+        raise ValueError("float16 needs a GPU; use float32 or bfloat16 on the CPU")
     return dtype
 
 
@@ -86,9 +93,30 @@ def peak_flops_of(device: torch.device, override: float = 0.0) -> Optional[float
     return None
 
 
+def device_name(text: str) -> str:
+    """argparse type of --device: the name, checked while the command line is parsed (exit code 2)."""
+    try:
+        pick_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+# The one definition of --device and --dtype, for every script (train_gpt2.py's TrainConfig fields included).
+DEVICE_FLAG = dict(default="auto", type=device_name, help=DEVICE_HELP)
+DTYPE_FLAG = dict(default="auto", choices=("auto", *DTYPES), help=DTYPE_HELP)
+
+
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
-    """--device and --dtype, the same in every script."""
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--dtype", default="auto", help="autocast dtype: auto, float32, bfloat16, float16")
+    parser.add_argument("--device", **DEVICE_FLAG)
+    parser.add_argument("--dtype", **DTYPE_FLAG)
 
 
+def device_and_dtype(parser: argparse.ArgumentParser, device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """The device and autocast dtype of a parsed command line; a combination that cannot run (float16 on the CPU)
+    is a usage error."""
+    chosen = pick_device(device)
+    try:
+        return chosen, pick_dtype(chosen, dtype)
+    except ValueError as e:
+        parser.error(f"--dtype {dtype} on {chosen}: {e}")

@@ -13,6 +13,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from tokenizer import N_VOCAB
+
 SHARD_PATTERN = re.compile(r"^(?P<prefix>.+)_(?P<split>[a-z]+)_(?P<index>\d{6,})\.npy$")
 
 
@@ -56,7 +58,7 @@ class ShardLoader:
         device: Union[str, torch.device] = "cpu",
         shuffle: bool = False,
         seed: int = 1337,
-        vocab_size: int = 50257,
+        vocab_size: int = N_VOCAB,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
@@ -66,11 +68,11 @@ class ShardLoader:
         self.paths = list_shards(data_dir, split)
         self.shards = [load_shard(p) for p in self.paths]
         self._checked: set[int] = set()
-        total = sum(len(s) for s in self.shards)
+        self.num_tokens = sum(len(s) for s in self.shards)  # in the split
         window = B * T * world_size + 1
-        if total < window:
+        if self.num_tokens < window:
             raise ValueError(
-                f"the '{split}' split of {data_dir} has {total:,} tokens, shorter than one window of "
+                f"the '{split}' split of {data_dir} has {self.num_tokens:,} tokens, shorter than one window of "
                 f"B*T*world_size+1 = {window:,}; use a smaller batch or more data"
             )
         self.reset()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from checkpoint import load_model
-from cli import ArgumentParser, run_cli
+from cli import ArgumentParser, first_line, run_cli
 from tokenizer import N_VOCAB, gpt2_vocab_and_merges
 
 
@@ -41,7 +41,7 @@ def export_hf(init: Union[str, Path], out_dir: Union[str, Path], vocab_size: int
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(description=first_line(__doc__))
     parser.add_argument("init", metavar="CHECKPOINT", help="our checkpoint .pt (or an HF directory / hub name)")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the directory to write")
     args = parser.parse_args(argv)

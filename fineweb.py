@@ -11,7 +11,6 @@ train, exactly build-nanogpt's layout. Output is deterministic, whatever --worke
 running the same command again: finished shards are kept and the result is byte-identical to an unbroken run.
 """
 
-import contextlib
 import glob
 import hashlib
 import itertools
@@ -21,12 +20,13 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from cli import ArgumentParser, non_negative_int, positive_int, run_cli
+from cli import ArgumentParser, first_line, non_negative_int, positive_int, run_cli
+from files import atomic_file, remove_stale_temporaries
 from tokenizer import EOT_ID, VOCAB_SHA256, get_tokenizer
 
 FINEWEB_DATASET = "HuggingFaceFW/fineweb-edu"
@@ -105,9 +105,8 @@ def iter_hub_documents(source: Source, streaming: bool, start: int) -> Iterator[
     try:
         ds = load_dataset(source.dataset, name=source.config, split=source.split, streaming=streaming)
     except Exception as e:  # offline, unknown dataset or config ...
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OSError(
-            f"could not load {source.dataset} ({source.config}) from the Hugging Face hub: {first_line}. "
+            f"could not load {source.dataset} ({source.config}) from the Hugging Face hub: {first_line(e)}. "
             f"Offline? Use --input with local .txt/.jsonl/.parquet files"
         ) from None
     if start:
@@ -185,17 +184,6 @@ def write_shard(path: Path, tokens: np.ndarray) -> str:
     return writer.sha256.hexdigest()
 
 
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A temporary file, flushed to disk, then renamed: a crash leaves the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_manifest(out_dir: Path, manifest: dict) -> None:
     with atomic_file(out_dir / MANIFEST) as f:
         f.write((json.dumps(manifest, indent=1) + "\n").encode())
@@ -204,6 +192,8 @@ def write_manifest(out_dir: Path, manifest: dict) -> None:
 def start_or_resume(out_dir: Path, settings: dict) -> dict:
     """The manifest to continue from: a fresh one, or the one left by an earlier run with the same settings."""
     path = out_dir / MANIFEST
+    ours = re.compile(rf"^({re.escape(settings['prefix'])}_.+\.npy|{re.escape(MANIFEST)})$")
+    remove_stale_temporaries(out_dir, ours)  # what a killed run was writing
     if path.exists():
         manifest = json.loads(path.read_text())
         if manifest.get("settings") != settings:
@@ -322,7 +312,7 @@ def default_val_tokens(source: Source, shard_size: int) -> int:
 
 
 def parse_args(argv: Optional[list[str]] = None):
-    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(description=first_line(__doc__))
     parser.add_argument("--input", nargs="+", metavar="PATH_OR_GLOB",
                         help="local .txt (one document per file), .jsonl or .parquet files instead of FineWeb-Edu")
     parser.add_argument("--text-field", default="text", help="field/column holding the text (.jsonl, .parquet, hub)")

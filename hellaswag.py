@@ -21,8 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cli import ArgumentParser, positive_int, run_cli
-from common import add_device_flags, autocast, pick_device, pick_dtype
+from cli import ArgumentParser, first_line, positive_int, run_cli
+from common import add_device_flags, autocast, device_and_dtype
+from files import atomic_file
 from tokenizer import get_tokenizer
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
@@ -45,14 +46,13 @@ def download(split: str, directory: Optional[Path] = None) -> Path:
     url = URL.format(split=split)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # ranks may download at once
-        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as f:
+        # atomic_file's per-process temporary name: ranks may download at once
+        with urllib.request.urlopen(url, timeout=30) as response, atomic_file(path) as f:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {path.name}") as bar:
                 while chunk := response.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
-        os.replace(tmp, path)
     except (urllib.error.URLError, OSError) as e:
         raise OSError(
             f"could not download {url} ({getattr(e, 'reason', e)}); offline? put hellaswag_{split}.jsonl in "
@@ -149,26 +149,26 @@ def score_examples(
 
 
 def parse_args(argv: Optional[list[str]] = None):
-    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(description=first_line(__doc__))
     parser.add_argument("-m", "--model", default="gpt2", help="checkpoint .pt, Hugging Face GPT-2 directory, hub name")
     parser.add_argument("--split", default="val", choices=SPLITS, help="which HellaSwag split")
     parser.add_argument("--data", default=None, help="a local hellaswag_{split}.jsonl instead of the cached download")
     parser.add_argument("--limit", type=positive_int, default=None, help="score only the first N examples")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per forward pass")
     add_device_flags(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.device, args.dtype = device_and_dtype(parser, args.device, args.dtype)
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     from checkpoint import load_model
 
     args = parse_args(argv)
-    device = pick_device(args.device)
-    dtype = pick_dtype(device, args.dtype)
     examples = load_examples(args.split, args.data, args.limit)
-    model = load_model(args.model, device)
-    with autocast(device, dtype):
-        counts = score_examples(model, examples, device, args.batch_size, progress=True)
+    model = load_model(args.model, args.device)
+    with autocast(args.device, args.dtype):
+        counts = score_examples(model, examples, args.device, args.batch_size, progress=True)
     n = counts["total"]
     print(f"{args.model} on HellaSwag {args.split} ({n} examples): "
           f"acc {counts['acc_correct'] / n:.4f} ({counts['acc_correct']}/{n}) | "

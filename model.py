@@ -13,11 +13,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tokenizer import EOT_ID, N_VOCAB
+
+# GPT-2's vocabulary padded up to a multiple of 128 (50,304): the extra rows are never a target, and the matmuls
+# on the padded size run faster on GPUs. The training default.
+PADDED_VOCAB_SIZE = -(-N_VOCAB // 128) * 128
 
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest context, also the number of learned positions
-    vocab_size: int = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
+    vocab_size: int = N_VOCAB  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -28,6 +33,12 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    def check_context(self, length: int, what: str = "") -> None:
+        """The one check that a sequence fits the learned positions; `what` names the sequence in the error."""
+        if length > self.block_size:
+            what = what or f"a sequence of {length} tokens"
+            raise ValueError(f"{what} is longer than the model's context (block_size {self.block_size})")
 
 
 # The four published GPT-2 sizes (Hugging Face names) and two small ones for CPU work.
@@ -51,6 +62,7 @@ RESIDUAL_PROJECTIONS = (".attn.c_proj.weight", ".mlp.c_proj.weight")
 
 
 def config_from_preset(name: str, **overrides) -> GPTConfig:
+    """The config of a named shape (PRESETS), with fields overridden (vocab_size, block_size)."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose from {', '.join(PRESETS)}")
     return GPTConfig(**{**PRESETS[name], **overrides})
@@ -186,19 +198,17 @@ class GPT(nn.Module):
         T = seq_len or c.block_size
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
 
-    def _hidden(
+    def hidden_states(
         self, idx: torch.Tensor, caches: Optional[list[KVCache]] = None, start: Union[int, torch.Tensor] = 0
     ) -> torch.Tensor:
-        """Final hidden states (B, T, C); start is the position of idx[:, 0]: an int, or for one cached decoding step
-        with fixed shapes a (1,) tensor."""
+        """Final hidden states (B, T, C) of idx (B, T), which starts at position `start`: an int, or for one cached
+        decoding step with fixed shapes a (1,) tensor. With caches, the keys and values of idx are appended to them
+        and idx attends to every position cached before it."""
         B, T = idx.shape
         if isinstance(start, torch.Tensor):
             pos = start  # (1,), checked against block_size by generate
-        elif start + T > self.config.block_size:
-            raise ValueError(
-                f"sequence of length {start + T} is longer than the model's block_size {self.config.block_size}"
-            )
         else:
+            self.config.check_context(start + T)
             pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
@@ -209,7 +219,7 @@ class GPT(nn.Module):
         self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """idx (B, T) token ids -> logits (B, T, vocab); loss is the mean cross-entropy where targets != -1."""
-        logits = self.lm_head(self._hidden(idx))  # (B, T, V)
+        logits = self.lm_head(self.hidden_states(idx))  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -220,7 +230,9 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str) -> "GPT":
-        """Load GPT-2 weights: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a save_pretrained dir."""
+        """Load GPT-2 weights: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a save_pretrained dir.
+
+        A failed hub download raises transformers' own exception; checkpoint.load_model turns it into advice."""
         from transformers import GPT2LMHeadModel  # heavy import, only needed here
 
         path = Path(name_or_path)
@@ -230,15 +242,7 @@ class GPT(nn.Module):
             except Exception as e:  # transformers raises several types for a broken directory
                 raise ValueError(f"{path} is not a readable Hugging Face GPT-2 directory: {e}") from None
         elif name_or_path in HF_MODEL_NAMES:
-            try:
-                hf = GPT2LMHeadModel.from_pretrained(name_or_path)
-            except Exception as e:  # offline, hub down, no disk space ...
-                first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise OSError(
-                    f"could not fetch {name_or_path!r} from the Hugging Face hub ({first_line}). Offline? On a "
-                    f"machine that is online run GPT2LMHeadModel.from_pretrained({name_or_path!r})"
-                    f".save_pretrained('DIR'), copy DIR here and pass its path instead"
-                ) from None
+            hf = GPT2LMHeadModel.from_pretrained(name_or_path)  # from the hub (or its local cache)
         else:
             raise ValueError(
                 f"unknown model {name_or_path!r}: expected one of {', '.join(HF_MODEL_NAMES)} "
@@ -334,18 +338,19 @@ class GPT(nn.Module):
     # ----------------------------------------------------------------------------------------------------------
     # Sampling
 
-    def _next_logits(
-        self, idx: torch.Tensor, caches: Optional[list[KVCache]], start: Union[int, torch.Tensor]
+    def next_token_logits(
+        self, idx: torch.Tensor, caches: Optional[list[KVCache]] = None, start: Union[int, torch.Tensor] = 0
     ) -> torch.Tensor:
-        """Logits (B, V) for the token after idx, computing the vocabulary projection for the last position only."""
-        x = self._hidden(idx, caches, start)  # (B, T, C)
+        """Logits (B, V) for the token after idx, computing the vocabulary projection for the last position only;
+        caches and start as in hidden_states."""
+        x = self.hidden_states(idx, caches, start)  # (B, T, C)
         return self.lm_head(x[:, -1, :]).float()  # (B, V)
 
     def _compiled_decode_step(self, device: torch.device) -> Callable:
         """The compiled decoding step, made once per model and device type and reused by later generate calls."""
         if device.type not in self._decode_steps:
             mode = "reduce-overhead" if device.type == "cuda" else None  # reduce-overhead: CUDA graphs
-            self._decode_steps[device.type] = torch.compile(self._next_logits, fullgraph=True, mode=mode)
+            self._decode_steps[device.type] = torch.compile(self.next_token_logits, fullgraph=True, mode=mode)
         return self._decode_steps[device.type]
 
     @torch.no_grad()
@@ -389,19 +394,20 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             length = idx.size(1)
             if not use_cache or length > block_size:
-                logits = self._next_logits(idx[:, -block_size:], None, 0)
+                logits = self.next_token_logits(idx[:, -block_size:], None, 0)
             elif caches is None:  # prefill the prompt
                 caches = [KVCache(block_size) for _ in range(self.config.n_layer)]
-                logits = self._next_logits(idx, caches, 0)
+                logits = self.next_token_logits(idx, caches, 0)
                 if decode_step is not None:
                     for cache in caches:  # CUDA graphs may then update the caches in place
                         torch._dynamo.mark_static_address(cache.k)
                         torch._dynamo.mark_static_address(cache.v)
             elif decode_step is not None:
                 position = torch.tensor([length - 1], device=idx.device)  # (1,)
-                logits = decode_step(idx[:, -1:], caches, position).clone()  # a CUDA graph reuses its output
+                # contiguous: the same strides every step, so no recompilation; clone: a CUDA graph reuses its output
+                logits = decode_step(idx[:, -1:].contiguous(), caches, position).clone()
             else:  # the cache holds positions 0..length-2; run only the newest token
-                logits = self._next_logits(idx[:, -1:], caches, length - 1)
+                logits = self.next_token_logits(idx[:, -1:], caches, length - 1)
             next_id = sample_next(logits[:, :vocab_limit], temperature, top_k, generator)  # (B, 1)
             idx = torch.cat([idx, next_id], dim=1)
         self.train(was_training)
@@ -460,7 +466,7 @@ def hf_config_from(config: GPTConfig):
         embd_pdrop=0.0,
         attn_pdrop=0.0,
         tie_word_embeddings=True,
-        bos_token_id=50256,
-        eos_token_id=50256,
+        bos_token_id=EOT_ID,
+        eos_token_id=EOT_ID,
     )
 

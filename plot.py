@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Union
 
-from cli import ArgumentParser, non_negative_float, positive_int, run_cli
+from cli import ArgumentParser, first_line, non_negative_float, positive_int, run_cli
 
 # OpenAI's GPT-2 124M checkpoint on the FineWeb-Edu val shard (build-nanogpt), and the 124M HellaSwag baselines.
 GPT2_124M_VAL_LOSS = 3.2924
@@ -114,7 +114,7 @@ def plot_runs(logs: dict[str, dict[str, list[tuple[int, float]]]], out: Union[st
 
 
 def parse_args(argv: Optional[list[str]] = None):
-    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(description=first_line(__doc__))
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_LOG", help="run directories or log.txt files")
     parser.add_argument("-o", "--out", default="run.png", help="the PNG to write")
     parser.add_argument("--smoothing", type=non_negative_float, default=0.9, help="EMA factor of the train loss")

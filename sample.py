@@ -8,8 +8,8 @@ from typing import Optional
 import torch
 
 from checkpoint import load_model
-from cli import ArgumentParser, non_negative_float, non_negative_int, positive_int, run_cli
-from common import add_device_flags, autocast, pick_device, pick_dtype
+from cli import ArgumentParser, first_line, non_negative_float, non_negative_int, positive_int, run_cli
+from common import add_device_flags, autocast, device_and_dtype
 from model import GPT
 from tokenizer import EOT_ID, get_tokenizer
 
@@ -19,35 +19,35 @@ def sample_texts(
     prompt: str,
     num_samples: int,
     max_new_tokens: int,
+    device: torch.device,
     temperature: float = 1.0,
     top_k: Optional[int] = 50,
     seed: int = 42,
-    dtype: torch.dtype = torch.float32,
     use_cache: bool = True,
     compile: bool = False,
 ) -> list[str]:
-    """num_samples continuations of prompt (prompt included); an empty prompt starts from <|endoftext|>."""
+    """num_samples continuations of prompt (prompt included); an empty prompt starts from <|endoftext|>.
+
+    Runs on `device` (the model's) under the caller's autocast, if any."""
     enc = get_tokenizer()
-    device = next(model.parameters()).device
     ids = enc.encode(prompt, allowed_special="all") if prompt else [EOT_ID]
     idx = torch.tensor(ids, dtype=torch.long, device=device).unsqueeze(0).repeat(num_samples, 1)  # (N, T)
     generator = torch.Generator(device=device).manual_seed(seed)
-    with autocast(device, dtype):
-        out = model.generate(
-            idx,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            generator=generator,
-            use_cache=use_cache,
-            vocab_limit=enc.n_vocab,
-            compile=compile,
-        )
+    out = model.generate(
+        idx,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        generator=generator,
+        use_cache=use_cache,
+        vocab_limit=enc.n_vocab,
+        compile=compile,
+    )
     return [enc.decode(row) for row in out.tolist()]
 
 
 def parse_args(argv: Optional[list[str]] = None):
-    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(description=first_line(__doc__))
     parser.add_argument("--init", default="gpt2", help="checkpoint .pt, Hugging Face GPT-2 directory, or hub name")
     parser.add_argument("-p", "--prompt", default="Hello, I'm a language model,", help="empty: <|endoftext|>")
     parser.add_argument("-n", "--num-samples", type=positive_int, default=4, help="how many samples")
@@ -59,29 +59,30 @@ def parse_args(argv: Optional[list[str]] = None):
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the cached decoding step (CUDA graphs on a GPU); pays off for long samples")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.device, args.dtype = device_and_dtype(parser, args.device, args.dtype)
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
-    device = pick_device(args.device)
-    dtype = pick_dtype(device, args.dtype)
-    model = load_model(args.init, device)
+    model = load_model(args.init, args.device)
     vocab = min(model.config.vocab_size, get_tokenizer().n_vocab)
     if args.top_k > vocab:
         raise ValueError(f"--top-k {args.top_k} is larger than the vocabulary ({vocab})")
-    texts = sample_texts(
-        model,
-        args.prompt,
-        args.num_samples,
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        seed=args.seed,
-        dtype=dtype,
-        use_cache=not args.no_cache,
-        compile=args.compile,
-    )
+    with autocast(args.device, args.dtype):
+        texts = sample_texts(
+            model,
+            args.prompt,
+            args.num_samples,
+            args.max_new_tokens,
+            args.device,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.seed,
+            use_cache=not args.no_cache,
+            compile=args.compile,
+        )
     for i, text in enumerate(texts, start=1):
         print(f"sample {i}: {text}")
 

@@ -10,13 +10,14 @@ import tiktoken
 VOCAB_FILE = Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken"
 VOCAB_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 EOT_TOKEN = "<|endoftext|>"
-EOT_ID = 50256
-N_VOCAB = 50257
+EOT_ID = 50256  # <|endoftext|>: the last id, after the 50,000 merges and 256 bytes
+N_VOCAB = 50257  # GPT-2's vocabulary size
 # tiktoken's "gpt2" split pattern: GPT-2's original regex, written with possessive quantifiers.
 GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 
-def _read_ranks(path: Path) -> dict[bytes, int]:
+def read_ranks(path: Path) -> dict[bytes, int]:
+    """The BPE ranks of a tiktoken file, refused unless it is byte for byte GPT-2's."""
     raw = path.read_bytes()
     if hashlib.sha256(raw).hexdigest() != VOCAB_SHA256:
         raise ValueError(f"{path} is not the GPT-2 BPE ranks file (SHA-256 mismatch); restore it from git")
@@ -34,7 +35,7 @@ def get_tokenizer() -> tiktoken.Encoding:
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=GPT2_PAT_STR,
-        mergeable_ranks=_read_ranks(VOCAB_FILE),
+        mergeable_ranks=read_ranks(VOCAB_FILE),
         special_tokens={EOT_TOKEN: EOT_ID},
         explicit_n_vocab=N_VOCAB,
     )
@@ -76,7 +77,7 @@ def _merge_parts(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[byte
 
 def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     """vocab.json's {token string: id} and merges.txt's lines, rebuilt from the bundled ranks (ranks are ids)."""
-    ranks = _read_ranks(VOCAB_FILE)
+    ranks = read_ranks(VOCAB_FILE)
     to_unicode = byte_to_unicode()
 
     def text(token: bytes) -> str:

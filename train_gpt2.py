@@ -5,91 +5,171 @@
     torchrun --standalone --nproc_per_node=8 train_gpt2.py          # the same on 8 GPUs
 
 The defaults are build-nanogpt's published GPT-2 124M run: 0.5M-token batches, 19,073 steps (10B tokens).
-A run directory holds an append-only log.txt and checkpoints; rerunning the same command resumes exactly.
+A run directory holds an append-only log.txt and checkpoints; rerunning the same command resumes exactly. Ctrl-C
+or SIGTERM (preemption) stops every rank at the next step boundary, with a checkpoint of exactly that step.
 """
 
-import argparse
-import contextlib
-import dataclasses
-import json
-import math
-import os
-import platform
-import random
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Optional
+import signal
 
-import numpy as np
-import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
+if __name__ == "__main__":
+    # Until the run installs its stop handlers, Ctrl-C ends the process quietly, not with a traceback of whichever
+    # import below it interrupted.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-from checkpoint import (
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import typing  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from datetime import datetime, timedelta, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Optional  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+
+from checkpoint import (  # noqa: E402
     checkpoint_path,
     list_checkpoints,
     load_checkpoint,
     load_model,
-    model_from_checkpoint,
     prune_checkpoints,
+    remove_unfinished_checkpoints,
+    restore_training_state,
     save_checkpoint,
+    training_state,
 )
-from cli import ArgumentParser, run_cli
-from common import allow_tf32, autocast, peak_flops_of, pick_device, pick_dtype, synchronize
-from dataloader import ShardLoader, list_shards
-from model import GPT, PRESETS, GPTConfig
-from sample import sample_texts
+from cli import ArgumentParser, Exit, StopRequest, first_line, run_cli  # noqa: E402
+from common import (  # noqa: E402
+    DEVICE_FLAG,
+    DTYPE_FLAG,
+    allow_tf32,
+    autocast,
+    peak_flops_of,
+    pick_device,
+    pick_dtype,
+    synchronize,
+)
+from dataloader import ShardLoader, list_shards  # noqa: E402
+from model import GPT, PADDED_VOCAB_SIZE, PRESETS, GPTConfig, config_from_preset  # noqa: E402
+from sample import sample_texts  # noqa: E402
+from tokenizer import N_VOCAB  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
+DEFAULT_MODEL = "gpt2"
 PROJECTION_STEPS = 5  # timed steps (after the first, which compiles) before the run projects its speed and ETA
 QUICKSTART_CORPUS = ROOT / "assets" / "shakespeare"
+QUICKSTART_DATA = "data/shakespeare"  # the quickstart tokenizes the bundled corpus here on first use
+HELLASWAG_CHUNK = 64  # examples scored between two looks at the stop request
+SAMPLE_TOP_K = 50
 
 
-def arg(default: Any, help: str) -> Any:
-    """A TrainConfig field with the help text of its flag."""
-    return dataclasses.field(default=default, metadata={"help": help})
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+def positive(value: float) -> Optional[str]:
+    return None if value > 0 else f"must be positive, got {value}"
+
+
+def non_negative(value: float) -> Optional[str]:
+    return None if value >= 0 else f"must be >= 0, got {value}"
+
+
+def fraction(value: float) -> Optional[str]:
+    return None if 0 <= value <= 1 else f"must be in [0, 1], got {value}"
+
+
+def option(default: Any, help: str, check: Optional[Callable[[Any], Optional[str]]] = None, **argparse_settings) -> Any:
+    """A TrainConfig field: its flag's help, a check of its value (None or the problem) and other argparse settings."""
+    return dataclasses.field(default=default, metadata={"help": help, "check": check, "argparse": argparse_settings})
 
 
 @dataclass
 class TrainConfig:
-    """Every field is a command-line flag (--field-name); these defaults are build-nanogpt's GPT-2 124M run."""
+    """Every field is a command-line flag (--field-name), checked by check(); these defaults (the gpt2 preset) are
+    build-nanogpt's GPT-2 124M run."""
 
-    model: str = arg("gpt2", "model shape: gpt2, gpt2-medium, gpt2-large, gpt2-xl, small, tiny")
-    vocab_size: int = arg(50304, "50,257 padded up to a multiple of 128 for faster matmuls")
-    init_from: str = arg("", "start from these weights: a GPT-2 hub name, HF directory or checkpoint .pt")
-    data_dir: str = arg("edu_fineweb10B", "directory of {prefix}_{train,val}_NNNNNN.npy shards (fineweb.py)")
-    run_dir: str = arg("log", "log.txt and checkpoints")
-    total_batch_size: int = arg(524288, "tokens per optimizer step, 2**19 ~ 0.5M as in GPT-3 Small")
-    micro_batch_size: int = arg(64, "B, sequences per forward pass on each rank")
-    seq_len: int = arg(1024, "T, tokens per sequence")
-    max_lr: float = arg(6e-4, "peak learning rate, after warmup")
-    min_lr_ratio: float = arg(0.1, "min_lr = min_lr_ratio * max_lr")
-    warmup_steps: int = arg(715, "375M tokens, as in GPT-3")
-    max_steps: int = arg(19073, "10B tokens / 524,288 per step")
-    weight_decay: float = arg(0.1, "AdamW weight decay of matrices and embeddings")
-    grad_clip: float = arg(1.0, "clip the global gradient norm to this; 0 turns clipping off")
-    shuffle: bool = arg(False, "seeded per-epoch permutation of the train shards")
-    eval_interval: int = arg(250, "steps between validation losses")
-    val_steps: int = arg(20, "micro-batches per validation")
-    hellaswag_interval: int = arg(250, "0 turns HellaSwag off")
-    hellaswag_path: str = arg("", "a local hellaswag_val.jsonl; default: download and cache it")
-    sample_interval: int = arg(250, "0 turns samples off")
-    sample_prompt: str = arg("Hello, I'm a language model,", "prompt of the samples")
-    num_samples: int = arg(4, "samples at each sample step")
-    sample_tokens: int = arg(32, "tokens per sample")
-    checkpoint_interval: int = arg(5000, "and always at the end")
-    keep_checkpoints: int = arg(2, "newest checkpoints kept; 0 keeps all")
-    resume: Optional[bool] = arg(None, "continue from the newest checkpoint in run_dir; default: when there is one")
-    seed: int = arg(1337, "seed of the model init, data shuffle and samples")
-    device: str = arg("auto", "auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    dtype: str = arg("auto", "float32, bfloat16, float16; auto: bf16 on CUDA where supported, fp16 + grad scaler on "
-                             "older GPUs, fp32 on CPU")
-    compile: Optional[bool] = arg(None, "torch.compile the model; default: on CUDA only")
-    peak_flops: float = arg(0.0, "per-device peak FLOP/s for MFU; 0: known GPUs only")
+    model: Optional[str] = option(None, f"model shape: {', '.join(PRESETS)}; when not given, {DEFAULT_MODEL} "
+                                        f"or the shape of --init-from's weights")
+    vocab_size: Optional[int] = option(None, f"vocabulary rows; when not given, {PADDED_VOCAB_SIZE:,} (GPT-2's "
+                                             f"{N_VOCAB:,} padded to a multiple of 128 for faster matmuls) or "
+                                             f"--init-from's",
+                                       positive)
+    init_from: str = option("", "start from these weights: a GPT-2 hub name, HF directory or checkpoint .pt")
+    data_dir: str = option("edu_fineweb10B", "directory of {prefix}_{train,val}_NNNNNN.npy shards (fineweb.py)")
+    run_dir: str = option("log", "log.txt and checkpoints")
+    total_batch_size: int = option(524288, "tokens per optimizer step (gpt2: 2**19 ~ 0.5M, GPT-3 Small's)", positive)
+    micro_batch_size: int = option(64, "B, sequences per forward pass on each rank", positive)
+    seq_len: int = option(1024, "T, tokens per sequence", positive)
+    max_lr: float = option(6e-4, "peak learning rate, after warmup", positive)
+    min_lr_ratio: float = option(0.1, "min_lr = min_lr_ratio * max_lr", fraction)
+    warmup_steps: int = option(715, "linear warmup steps (gpt2: 715 = 375M tokens, as in GPT-3)", non_negative)
+    max_steps: int = option(19073, "optimizer steps (gpt2: 19,073 = 10B tokens / 524,288 per step)", positive)
+    weight_decay: float = option(0.1, "AdamW weight decay of matrices and embeddings", non_negative)
+    grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 turns clipping off", non_negative)
+    shuffle: bool = option(False, "seeded per-epoch permutation of the train shards")
+    eval_interval: int = option(250, "steps between validation losses; 0: only at the end", non_negative)
+    val_tokens: int = option(20 * 64 * 1024 * 8, "tokens per validation, whatever the number of ranks (gpt2: "
+                                                 "build-nanogpt's 20 micro-batches of 64 x 1024 on each of 8 GPUs)",
+                             positive)
+    hellaswag_interval: int = option(250, "0 turns HellaSwag off", non_negative)
+    hellaswag_path: str = option("", "a local hellaswag_val.jsonl; default: download and cache it")
+    sample_interval: int = option(250, "0 turns samples off", non_negative)
+    sample_prompt: str = option("Hello, I'm a language model,", "prompt of the samples")
+    num_samples: int = option(4, "samples at each sample step", positive)
+    sample_tokens: int = option(32, "tokens per sample", positive)
+    checkpoint_interval: int = option(5000, "steps between checkpoints, 0: none by step count (always one at the "
+                                            "end and on a stop)", non_negative)
+    checkpoint_minutes: float = option(15.0, "also a checkpoint once this many minutes have passed since the last "
+                                             "one, so a crash loses at most that; 0 turns it off", non_negative)
+    keep_checkpoints: int = option(2, "newest checkpoints kept; 0 keeps all", non_negative)
+    resume: Optional[bool] = option(None, "continue from the newest checkpoint in run_dir; default: when there is one")
+    seed: int = option(1337, "seed of the model init, data shuffle and samples")
+    device: str = option(**DEVICE_FLAG)
+    dtype: str = option(**DTYPE_FLAG)
+    compile: Optional[bool] = option(None, "torch.compile the model; default: on CUDA only")
+    peak_flops: float = option(0.0, "per-device peak FLOP/s for MFU; 0: known GPUs only", non_negative)
+    dist_timeout: float = option(300.0, "seconds a rank waits for the others in a collective before the run ends "
+                                        "with an error (a dead or frozen peer)", positive)
+
+    def check(self, world_size: int = 1) -> None:
+        """Raise ValueError, naming the flag, for a value or a combination no run can use."""
+        for f in dataclasses.fields(self):
+            value, check = getattr(self, f.name), f.metadata["check"]
+            if check is not None and value is not None and (problem := check(value)):
+                raise ValueError(f"{flag(f.name)} {problem}")
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"--warmup-steps {self.warmup_steps} is longer than the run (--max-steps {self.max_steps})")
+        if self.model is not None and self.model not in PRESETS:
+            raise ValueError(f"--model {self.model!r}: choose from {', '.join(PRESETS)}")
+        if not self.init_from:  # the shape of --init-from's weights is known once they are loaded
+            model_config(self)
+        gradient_accumulation_steps(self, world_size)
+        if self.val_tokens < self.micro_batch_size * self.seq_len:
+            raise ValueError(f"--val-tokens {self.val_tokens} is less than one micro-batch (--micro-batch-size x "
+                             f"--seq-len = {self.micro_batch_size * self.seq_len})")
+        device = pick_device(self.device)
+        try:
+            pick_dtype(device, self.dtype)
+        except ValueError as e:
+            raise ValueError(f"--dtype {self.dtype} on {device}: {e}") from None
+        if self.data_dir != QUICKSTART_DATA:
+            try:
+                list_shards(self.data_dir, "train"), list_shards(self.data_dir, "val")
+            except FileNotFoundError as e:
+                raise ValueError(f"--data-dir: {e}") from None
 
 
 # --preset: the four GPT-2 sizes with build-nanogpt's recipe, and a small CPU run on the bundled corpus.
@@ -99,67 +179,51 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-large": dict(model="gpt2-large", run_dir="log-large"),
     "gpt2-xl": dict(model="gpt2-xl", run_dir="log-xl"),
     "quickstart": dict(
-        model="mini", data_dir="data/shakespeare", run_dir="runs/quickstart", total_batch_size=2048,
+        model="mini", data_dir=QUICKSTART_DATA, run_dir="runs/quickstart", total_batch_size=2048,
         micro_batch_size=16, seq_len=128, max_lr=1e-3, warmup_steps=20, max_steps=150, eval_interval=25,
-        val_steps=4, hellaswag_interval=0, sample_interval=150, num_samples=2, sample_tokens=48,
+        val_tokens=4 * 16 * 128, hellaswag_interval=0, sample_interval=150, num_samples=2, sample_tokens=48,
         checkpoint_interval=50, sample_prompt="ROMEO.\n",
     ),
 }
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Configuration from the command line
+def flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def build_parser(defaults: TrainConfig) -> ArgumentParser:
+    """The flags of TrainConfig's fields, with `defaults` (a preset's values) as their defaults, so -h shows them."""
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="gpt2", choices=TRAIN_PRESETS,
+                        help="a set of defaults that the other flags override; -h with it shows its values")
+    for f in dataclasses.fields(TrainConfig):
+        settings = dict(f.metadata["argparse"])
+        settings.pop("default", None)
+        value_type = next((t for t in typing.get_args(f.type) if t is not type(None)), f.type)  # Optional[X] -> X
+        if value_type is bool:
+            settings["action"] = argparse.BooleanOptionalAction
+        else:
+            settings.setdefault("type", value_type)
+            if "choices" not in settings:
+                settings["metavar"] = f.name.upper()
+        parser.add_argument(flag(f.name), default=getattr(defaults, f.name), help=f.metadata["help"], **settings)
+    return parser
 
 
 def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
-    """--preset picks the defaults, then every explicitly given flag overrides its field."""
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="gpt2", choices=TRAIN_PRESETS,
-                        help="a set of defaults that the other flags override (default: gpt2)")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default: {f.default!r})"
-        if f.type in (bool, Optional[bool]):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(flag, type=f.type, default=None, metavar=f.name.upper(), help=help_text)
-    args = parser.parse_args(argv)
-    values = {**TRAIN_PRESETS[args.preset]}
-    values.update({k: v for k, v in vars(args).items() if k != "preset" and v is not None})
+    """--preset picks the defaults, then every flag given overrides its field; any problem is a usage error."""
+    preset_parser = ArgumentParser(add_help=False)
+    preset_parser.add_argument("--preset", default="gpt2", choices=TRAIN_PRESETS)
+    preset = preset_parser.parse_known_args(argv)[0].preset
+    parser = build_parser(TrainConfig(**TRAIN_PRESETS[preset]))
+    values = vars(parser.parse_args(argv))
+    values.pop("preset")
     cfg = TrainConfig(**values)
-    check_config(cfg, parser)
-    return cfg
-
-
-def check_config(cfg: TrainConfig, parser: ArgumentParser) -> None:
-    """Contradictions that only show in combination stop here, naming the flag."""
-    positive = ("vocab_size", "total_batch_size", "micro_batch_size", "seq_len", "max_steps", "val_steps",
-                "num_samples", "sample_tokens")
-    for name in positive:
-        if getattr(cfg, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    for name in ("warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval", "checkpoint_interval",
-                 "keep_checkpoints", "weight_decay", "grad_clip", "peak_flops"):
-        if getattr(cfg, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
-    if not cfg.max_lr > 0 or not 0 <= cfg.min_lr_ratio <= 1:
-        parser.error("--max-lr must be > 0 and --min-lr-ratio in [0, 1]")
-    if cfg.warmup_steps > cfg.max_steps:
-        parser.error(f"--warmup-steps {cfg.warmup_steps} is longer than the run (--max-steps {cfg.max_steps})")
     try:
-        gradient_accumulation_steps(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+        cfg.check(int(os.environ.get("WORLD_SIZE", 1)))
     except ValueError as e:
         parser.error(str(e))
-    if cfg.data_dir != TRAIN_PRESETS["quickstart"]["data_dir"]:  # the quickstart builds its shards itself
-        try:
-            list_shards(cfg.data_dir, "train"), list_shards(cfg.data_dir, "val")
-        except FileNotFoundError as e:
-            parser.error(f"--data-dir: {e}")
-    if cfg.model not in PRESETS:
-        parser.error(f"--model {cfg.model!r}: choose from {', '.join(PRESETS)}")
-    if not cfg.init_from and cfg.seq_len > PRESETS[cfg.model].get("block_size", 1024):
-        parser.error(f"--seq-len {cfg.seq_len} is longer than the model's context "
-                     f"({PRESETS[cfg.model].get('block_size', 1024)})")
+    return cfg
 
 
 def gradient_accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
@@ -170,6 +234,67 @@ def gradient_accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
             f"world size = {cfg.micro_batch_size} x {cfg.seq_len} x {world_size} = {tokens_per_micro_step}"
         )
     return cfg.total_batch_size // tokens_per_micro_step
+
+
+def describe_shape(config: GPTConfig, vocab: bool = True) -> str:
+    shape = f"n_layer {config.n_layer}, n_head {config.n_head}, n_embd {config.n_embd}, block_size {config.block_size}"
+    return shape + (f", vocab_size {config.vocab_size}" if vocab else "")
+
+
+def shape_conflicts(cfg: TrainConfig, weights: GPTConfig, with_defaults: bool) -> list[str]:
+    """--model and --vocab-size where they ask for another shape than `weights` has: as given, or with_defaults as
+    they default to when not given."""
+    name = cfg.model or (DEFAULT_MODEL if with_defaults else None)
+    vocab_size = cfg.vocab_size or (PADDED_VOCAB_SIZE if with_defaults else None)
+    conflicts = []
+    if name and (preset := config_from_preset(name, vocab_size=weights.vocab_size)) != weights:
+        conflicts.append(f"--model {name} ({describe_shape(preset, vocab=False)})")
+    if vocab_size and vocab_size != weights.vocab_size:
+        conflicts.append(f"--vocab-size {vocab_size}")
+    return conflicts
+
+
+def model_config(cfg: TrainConfig, weights: Optional[GPTConfig] = None) -> GPTConfig:
+    """The shape a command trains: --model's preset with --vocab-size or, given the config of --init-from's
+    `weights`, that, which --model and --vocab-size must then match where given. --seq-len must fit its context."""
+    if weights is None:
+        config = config_from_preset(cfg.model or DEFAULT_MODEL, vocab_size=cfg.vocab_size or PADDED_VOCAB_SIZE)
+    elif conflicts := shape_conflicts(cfg, weights, with_defaults=False):
+        raise ValueError(f"{'; '.join(conflicts)}: not the shape of --init-from {cfg.init_from}'s weights "
+                         f"({describe_shape(weights)}); leave the flag out or make it match")
+    else:
+        config = weights
+    config.check_context(cfg.seq_len, what=f"--seq-len {cfg.seq_len}")
+    return config
+
+
+# Flags that, changed on resume, would change the model or the stream of training data: refused. The model's shape
+# (--model, --vocab-size) is compared with the checkpoint's model config instead.
+RESUME_FIXED = ("init_from", "seq_len", "total_batch_size", "data_dir", "shuffle")
+RESUME_IGNORED = ("model", "vocab_size", "resume", "run_dir")
+
+
+def resume_changes(cfg: TrainConfig, state: dict[str, Any], path: Path) -> list[str]:
+    """Refuse, in one line naming each flag, a command that would continue `state` with another model or data
+    stream; return the other flags that changed since the checkpoint (learning rate, steps, intervals ...)."""
+    saved = state.get("train_config") or {}
+    fixed = RESUME_FIXED + (("seed",) if saved.get("shuffle") else ())  # the seed orders a shuffled stream
+    ours = dataclasses.asdict(cfg)
+    refused = shape_conflicts(cfg, GPTConfig(**state["config"]), with_defaults=not cfg.init_from)
+    changed = []
+    for name, old in saved.items():
+        if name not in ours or name in RESUME_IGNORED or ours[name] == old:
+            continue
+        if name == "data_dir" and Path(old).resolve() == Path(ours[name]).resolve():
+            continue
+        (refused if name in fixed else changed).append(f"{flag(name)} {old!r} -> {ours[name]!r}")
+    if refused:
+        raise ValueError(
+            f"cannot resume {path} with this command: {'; '.join(refused)} would change the model or its data "
+            f"(checkpoint: {describe_shape(GPTConfig(**state['config']))}); rerun with the checkpoint's values, or "
+            f"pass another --run-dir to start a new run"
+        )
+    return changed
 
 
 def get_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
@@ -183,14 +308,17 @@ def get_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Processes, logs and state
+# Processes, logs and timing
 
 
 @dataclass
 class Dist:
+    """This process's place among the ranks, and the collectives the loop uses."""
+
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    device: torch.device = torch.device("cpu")  # where collectives run: the GPU with nccl, the CPU with gloo
 
     @property
     def enabled(self) -> bool:
@@ -201,33 +329,60 @@ class Dist:
         return self.rank == 0
 
     def all_mean(self, value: torch.Tensor) -> torch.Tensor:
-        """Mean over ranks (SUM then divide: gloo has no AVG)."""
+        """Mean over ranks, in place (SUM then divide: gloo has no AVG)."""
         if self.enabled:
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
             value /= self.world_size
         return value
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sums over ranks, in float64."""
+        if not self.enabled:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total.tolist()
+
+    def any_rank(self, *flags: bool) -> list[bool]:
+        """Each flag, true if it is true on any rank: how the ranks agree (one small collective)."""
+        return [total > 0 for total in self.all_sum([float(f) for f in flags])]
 
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
 
 
-def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; then nccl on CUDA, gloo on CPU."""
+def setup_distributed(device_name: str, timeout_seconds: float) -> tuple[Dist, torch.device]:
+    """torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; then nccl on CUDA, gloo on CPU, each collective bounded by the
+    timeout."""
     if "RANK" not in os.environ:
         return Dist(), pick_device(device_name)
     ddp = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
     device = pick_device(device_name)
+    timeout = timedelta(seconds=timeout_seconds)
     if device.type == "cuda":
         device = torch.device("cuda", ddp.local_rank)
         torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl", device_id=device)
+        dist.init_process_group(backend="nccl", device_id=device, timeout=timeout)
     else:
         # share the cores between the local processes instead of oversubscribing them
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", ddp.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend="gloo", timeout=timeout)
+    ddp.device = device
     return ddp, device
+
+
+def distributed_failure(e: BaseException, ddp: Dist, timeout_seconds: float) -> Optional[str]:
+    """One line for an error that comes from losing a peer (a crash, a frozen or unreachable rank), else None."""
+    text = first_line(e)
+    if not (isinstance(e, dist.DistError) or re.search(r"gloo|nccl|connection|timed out|timeout", text, re.I)):
+        return None
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", text)  # gloo's "[/path/to/pair.cc:537] " prefix
+    if re.search(r"timed out|timeout", text, re.I):
+        cause += f" (no answer from a peer within --dist-timeout {timeout_seconds:g} s)"
+    return (f"rank {ddp.rank} of {ddp.world_size}: lost the other ranks: {cause}; torchrun's summary names the rank "
+            f"that failed first. The newest checkpoint is intact: rerun the same command to continue")
 
 
 class RunLog:
@@ -272,48 +427,13 @@ def describe_environment() -> list[str]:
     return [f"versions: {versions}", f"git commit: {commit}", f"command: {' '.join(sys.argv)}"]
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch and CUDA generator states as tensors and plain values (weights_only-loadable)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def run_summary(cfg: TrainConfig, model: GPT, ddp: Dist, grad_accum: int, start_step: int, device: torch.device,
-                dtype: torch.dtype, use_compile: bool, train_loader: ShardLoader, val_loader: ShardLoader) -> list[str]:
-    """The block printed at the start of a run: what will be trained, on what, for how long, and where it goes."""
-    tokens_per_step = cfg.total_batch_size  # = B x T x grad_accum x world size, checked by gradient_accumulation_steps
-    every = f"every {cfg.checkpoint_interval:,} steps and at the end" if cfg.checkpoint_interval else "at the end"
-    precision = "fp32" if dtype == torch.float32 else f"{str(dtype).replace('torch.', '')} autocast"
-    return [
-        "run summary",
-        f"  model       {cfg.init_from or cfg.model}: {model.num_params():,} parameters, "
-        f"{dataclasses.asdict(model.config)}",
-        f"  batch       {tokens_per_step:,} tokens/step = {cfg.micro_batch_size} x {cfg.seq_len} x {grad_accum} "
-        f"gradient accumulation x {ddp.world_size} ranks",
-        f"  steps       {start_step:,} -> {cfg.max_steps:,} (warmup {cfg.warmup_steps:,}), "
-        f"{cfg.max_steps * tokens_per_step:,} tokens in all, {(cfg.max_steps - start_step) * tokens_per_step:,} to go",
-        f"  data        {cfg.data_dir}: {len(train_loader.paths)} train / {len(val_loader.paths)} val shards",
-        f"  precision   {device}, {precision}, compile {'on' if use_compile else 'off'}",
-        f"  run dir     {cfg.run_dir}: log.txt, checkpoints {every} (newest {cfg.keep_checkpoints or 'all'} kept)",
-    ]
+def log_run_header(cfg: TrainConfig, model: GPT, log: RunLog) -> None:
+    """The top of a run's section of log.txt: when, the full config, the model, library versions and commit."""
+    log.record(f"# run started {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    log.record("# config " + json.dumps(dataclasses.asdict(cfg)))
+    log.record("# model " + json.dumps(dataclasses.asdict(model.config)))
+    for line in describe_environment():
+        log.record("# " + line)
 
 
 def format_duration(seconds: float) -> str:
@@ -321,8 +441,255 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def ensure_quickstart_data(cfg: TrainConfig, ddp: Dist, log: RunLog) -> None:
-    """The quickstart tokenizes the bundled corpus on first use."""
+def run_summary(cfg: TrainConfig, model: GPT, ddp: Dist, grad_accum: int, start_step: int, device: torch.device,
+                dtype: torch.dtype, use_compile: bool, train_loader: ShardLoader, val_windows: int) -> list[str]:
+    """The block printed at the start of a run: what will be trained, on what, for how long, and where it goes."""
+    tokens_per_step = cfg.total_batch_size  # = B x T x grad_accum x world size, checked by gradient_accumulation_steps
+    when = [f"every {cfg.checkpoint_interval:,} steps"] if cfg.checkpoint_interval else []
+    when += [f"every {cfg.checkpoint_minutes:g} minutes"] if cfg.checkpoint_minutes else []
+    precision = "fp32" if dtype == torch.float32 else f"{str(dtype).replace('torch.', '')} autocast"
+    return [
+        "run summary",
+        f"  model       {cfg.init_from or cfg.model or DEFAULT_MODEL}: {model.num_params():,} parameters, "
+        f"{dataclasses.asdict(model.config)}",
+        f"  batch       {tokens_per_step:,} tokens/step = {cfg.micro_batch_size} x {cfg.seq_len} x {grad_accum} "
+        f"gradient accumulation x {ddp.world_size} ranks",
+        f"  steps       {start_step:,} -> {cfg.max_steps:,} (warmup {cfg.warmup_steps:,}), "
+        f"{cfg.max_steps * tokens_per_step:,} tokens in all, "
+        f"{max(0, cfg.max_steps - start_step) * tokens_per_step:,} to go",
+        f"  data        {cfg.data_dir}: {len(train_loader.paths)} train shards; validation on "
+        f"{val_windows * cfg.micro_batch_size * cfg.seq_len:,} val tokens ({val_windows} windows of "
+        f"{cfg.micro_batch_size} x {cfg.seq_len})",
+        f"  precision   {device}, {precision}, compile {'on' if use_compile else 'off'}",
+        f"  run dir     {cfg.run_dir}: log.txt, checkpoints {', '.join(when + ['at the end'])} and on Ctrl-C or "
+        f"SIGTERM (newest {cfg.keep_checkpoints or 'all'} kept)",
+    ]
+
+
+class StepTimer:
+    """Wall time of each optimizer step, and what follows from it: tokens/s, MFU, the ETA and a projection."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: int, peak_flops: Optional[float], world_size: int):
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.peak_flops, self.world_size = peak_flops, world_size
+        self.times: list[float] = []
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        self.t0 = time.time()
+
+    def stop(self, device: torch.device) -> float:
+        synchronize(device)
+        self.times.append(time.time() - self.t0)
+        return self.times[-1]
+
+    def seconds_per_step(self) -> float:
+        recent = self.times[1:][-20:] or self.times  # the first step includes compilation
+        return sum(recent) / len(recent)
+
+    def report(self, steps_left: int) -> str:
+        """'tok/s ... | MFU ... | ETA ...' of the newest step."""
+        tokens_per_sec = self.tokens_per_step / self.times[-1]
+        mfu = "n/a"
+        if self.peak_flops:
+            mfu = f"{100 * self.flops_per_token * tokens_per_sec / self.world_size / self.peak_flops:.1f}%"
+        eta = format_duration(steps_left * self.seconds_per_step())
+        return f"dt {1000 * self.times[-1]:.0f}ms | tok/s {tokens_per_sec:,.0f} | MFU {mfu} | ETA {eta}"
+
+    def projection(self, steps_left: int) -> Optional[str]:
+        """Once, after the first PROJECTION_STEPS timed steps: the run's speed and time to finish."""
+        if len(self.times) != PROJECTION_STEPS + 1:
+            return None
+        seconds = self.seconds_per_step()
+        return (f"projected after {PROJECTION_STEPS} timed steps: {self.tokens_per_step / seconds:,.0f} tok/s, "
+                f"{1000 * seconds:,.0f} ms/step; ETA {format_duration(steps_left * seconds)} for the remaining "
+                f"{steps_left:,} steps, evaluations not included")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation. Each evaluation looks at the stop request as it goes and, asked to stop, leaves its work unfinished;
+# the ranks learn of it in the evaluation's one collective, so they all discard the result together.
+
+
+def validation_windows(cfg: TrainConfig, loader: ShardLoader) -> int:
+    """How many B x T windows make --val-tokens, at most as many as the val split holds."""
+    window = cfg.micro_batch_size * cfg.seq_len
+    return max(1, min(cfg.val_tokens, loader.num_tokens - 1) // window)
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, loader: ShardLoader, windows: int, ddp: Dist,
+                  stop: StopRequest) -> Optional[float]:
+    """Mean loss over the first `windows` B x T windows of the split, the same windows at every world size (rank r
+    takes windows r, r + W, ...), summed over ranks; None if a stop request cut it short on any rank."""
+    model.eval()
+    loader.reset()
+    total, abandoned = 0.0, 0.0
+    for first in range(0, windows, ddp.world_size):
+        if stop.requested:
+            abandoned = 1.0
+            break
+        x, y = loader.next_batch()  # (B, T) each: window first + rank
+        if first + ddp.rank < windows:
+            _, loss = model(x, y)
+            total += loss.item()
+    model.train()
+    total, abandoned = ddp.all_sum([total, abandoned])
+    return None if abandoned else total / windows
+
+
+def load_hellaswag(cfg: TrainConfig, log: RunLog) -> Optional[list[dict]]:
+    """The HellaSwag val examples, or None (said once) when turned off or missing."""
+    if not cfg.hellaswag_interval:
+        return None
+    from hellaswag import load_examples
+
+    try:
+        return load_examples("val", cfg.hellaswag_path or None)
+    except (OSError, ValueError) as e:
+        log.both(f"HellaSwag is off for this run: {e}")
+        return None
+
+
+@torch.no_grad()
+def evaluate_hellaswag(model: GPT, examples: list[dict], ddp: Dist, device: torch.device,
+                       stop: StopRequest) -> Optional[float]:
+    """acc_norm over all examples, split across ranks (rank r scores r, r + W, ...), counts summed; None if a stop
+    request cut it short on any rank."""
+    from hellaswag import score_examples
+
+    mine = examples[ddp.rank :: ddp.world_size]
+    correct, total, abandoned = 0.0, 0.0, 0.0
+    for start in range(0, len(mine), HELLASWAG_CHUNK):
+        if stop.requested:
+            abandoned = 1.0
+            break
+        counts = score_examples(model, mine[start : start + HELLASWAG_CHUNK], device)
+        correct, total = correct + counts["acc_norm_correct"], total + counts["total"]
+    correct, total, abandoned = ddp.all_sum([correct, total, abandoned])
+    return None if abandoned else correct / total
+
+
+def due(interval: int, step: int, last: bool) -> bool:
+    """An evaluation with this interval is due at step (0 turns it off; the last step has every one that is on)."""
+    return bool(interval) and (step % interval == 0 or last)
+
+
+def run_evaluations(step: int, last: bool, cfg: TrainConfig, model: GPT, compiled: torch.nn.Module,
+                    val_loader: ShardLoader, val_windows: int, hellaswag: Optional[list[dict]], ddp: Dist,
+                    log: RunLog, stop: StopRequest, device: torch.device) -> tuple[bool, Optional[float]]:
+    """The evaluations due at `step` (val loss, HellaSwag, samples), run under the caller's autocast and logged
+    together once all are done: (done, val loss or None). Cut short by a stop request: (False, None), nothing
+    logged, so a resumed run does them again."""
+    events, texts = [], []
+    val_loss = None
+    if last or (cfg.eval_interval and step % cfg.eval_interval == 0):
+        val_loss = evaluate_loss(compiled, val_loader, val_windows, ddp, stop)
+        if val_loss is None:
+            return False, None
+        events.append((f"step {step:5d} | val loss {val_loss:.4f}", f"{step} val {val_loss:.4f}"))
+    if hellaswag is not None and due(cfg.hellaswag_interval, step, last):
+        acc_norm = evaluate_hellaswag(model, hellaswag, ddp, device, stop)
+        if acc_norm is None:
+            return False, None
+        events.append((f"step {step:5d} | HellaSwag acc_norm {acc_norm:.4f}", f"{step} hella {acc_norm:.4f}"))
+    if ddp.master and step > 0 and due(cfg.sample_interval, step, last):
+        texts = sample_texts(model, cfg.sample_prompt, cfg.num_samples, cfg.sample_tokens, device,
+                             top_k=SAMPLE_TOP_K, seed=cfg.seed)
+    for console, line in events:
+        log.say(console)
+        log.record(line)
+    for i, text in enumerate(texts, start=1):
+        log.say(f"sample {i}: {text}")
+        log.record(f"# step {step} sample {i}: {text}")
+    return True, val_loss
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def train_step(train_model: torch.nn.Module, model: GPT, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, loader: ShardLoader, grad_accum: int, lr: float, grad_clip: float,
+               ddp: Dist, device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
+    """One optimizer step over grad_accum micro-batches on every rank: (loss, gradient norm before clipping), the
+    loss averaged over ranks. A non-finite loss or norm skips the update (the caller decides what follows)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=device)
+    for micro_step in range(grad_accum):
+        x, y = loader.next_batch()  # (B, T) each
+        sync = micro_step == grad_accum - 1  # all-reduce gradients only once, on the last micro-step
+        with train_model.no_sync() if ddp.enabled and not sync else contextlib.nullcontext():
+            with autocast(device, dtype):
+                _, loss = train_model(x, y)
+            loss = loss / grad_accum  # the mean over micro-steps, as one big batch would have
+            loss_sum += loss.detach()
+            scaler.scale(loss).backward()
+    ddp.all_mean(loss_sum)
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    loss_value, norm_value = loss_sum.item(), norm.item()
+    if (math.isfinite(loss_value) and math.isfinite(norm_value)) or scaler.is_enabled():
+        scaler.step(optimizer)  # with fp16 a non-finite step is skipped and the scale lowered
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_value, norm_value
+
+
+def diverged(step: int, loss: float, norm: float, run_dir: Path) -> FloatingPointError:
+    found = list_checkpoints(run_dir)
+    kept = f"the newest checkpoint, {found[-1]}, is intact" if found else "no checkpoint had been written yet"
+    return FloatingPointError(f"step {step}: non-finite loss {loss} or gradient norm {norm}; stopped before the "
+                              f"update. {kept[0].upper() + kept[1:]}; try a lower --max-lr or more warmup")
+
+
+@dataclass
+class RunState:
+    """What a checkpoint captures: the model and its optimizer, where the train data continues, and the progress."""
+
+    model: GPT  # the plain model, which owns the weights (see run for its compiled and DDP-wrapped views)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_loader: ShardLoader
+    step: int = 0  # optimizer steps done
+    val_loss: Optional[float] = None  # the newest
+    evaluated: bool = False  # whether the evaluations due at `step` are done
+    saved: Optional[tuple[int, bool]] = None  # (step, evaluated) of the newest checkpoint, written or resumed
+
+
+class CheckpointSchedule:
+    """When a checkpoint is written: every --checkpoint-interval steps, every --checkpoint-minutes (the master's
+    clock), at the end and on a stop request; never twice for the same state, never for step 0."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.interval, self.minutes = cfg.checkpoint_interval, cfg.checkpoint_minutes
+        self.last_time = time.time()
+
+    def decide(self, state: RunState, last: bool, stop: StopRequest, ddp: Dist) -> tuple[bool, bool]:
+        """(stop now, save now), the same on every rank: the one collective of each step boundary."""
+        minutes_due = ddp.master and self.minutes > 0 and time.time() - self.last_time >= 60 * self.minutes
+        stopping, minutes_due = ddp.any_rank(stop.requested, minutes_due)
+        by_steps = bool(self.interval) and state.step % self.interval == 0
+        wanted = last or stopping or minutes_due or by_steps
+        return stopping, wanted and state.step > 0 and state.saved != (state.step, state.evaluated)
+
+    def save(self, state: RunState, cfg: TrainConfig, ddp: Dist, log: RunLog) -> None:
+        """The master writes the checkpoint atomically and prunes the oldest beyond --keep-checkpoints."""
+        if ddp.master:
+            path = checkpoint_path(cfg.run_dir, state.step)
+            save_checkpoint(path, training_state(
+                state.model, state.optimizer, state.scaler, state.train_loader, step=state.step,
+                val_loss=state.val_loss, evaluated=state.evaluated, train_config=dataclasses.asdict(cfg)))
+            prune_checkpoints(cfg.run_dir, cfg.keep_checkpoints)
+            log.both(f"saved checkpoint {path}")
+        state.saved, self.last_time = (state.step, state.evaluated), time.time()
+
+
+def prepare_data(cfg: TrainConfig, ddp: Dist, log: RunLog) -> None:
+    """The quickstart tokenizes the bundled corpus on first use; every other data directory is fineweb.py's work."""
+    if cfg.data_dir != QUICKSTART_DATA:
+        return
     try:
         list_shards(cfg.data_dir, "train")
         return
@@ -337,71 +704,6 @@ def ensure_quickstart_data(cfg: TrainConfig, ddp: Dist, log: RunLog) -> None:
     ddp.barrier()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, loader: ShardLoader, steps: int, ctx, ddp: Dist) -> float:
-    """Mean loss over `steps` val micro-batches per rank, from the start of the val split, averaged over ranks."""
-    model.eval()
-    loader.reset()
-    total = torch.zeros((), device=loader.device)
-    for _ in range(steps):
-        x, y = loader.next_batch()
-        with ctx():
-            _, loss = model(x, y)
-        total += loss.detach().float()
-    model.train()
-    return ddp.all_mean(total / steps).item()
-
-
-class Hellaswag:
-    """HellaSwag inside training: split across ranks, counts summed; off (said once) when the data is missing."""
-
-    def __init__(self, cfg: TrainConfig, ddp: Dist, log: RunLog):
-        self.examples = None
-        if not cfg.hellaswag_interval:
-            return
-        try:
-            from hellaswag import load_examples
-
-            self.examples = load_examples("val", cfg.hellaswag_path or None)
-        except (OSError, ValueError) as e:
-            log.both(f"HellaSwag is off for this run: {e}")
-
-    def evaluate(self, model: GPT, ctx, ddp: Dist) -> Optional[float]:
-        if self.examples is None:
-            return None
-        from hellaswag import score_examples
-
-        mine = self.examples[ddp.rank :: ddp.world_size]
-        device = next(model.parameters()).device
-        with ctx():
-            counts = score_examples(model, mine, device=device)
-        totals = torch.tensor([counts["acc_norm_correct"], counts["total"]], dtype=torch.float64, device=device)
-        if ddp.enabled:
-            dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-        return (totals[0] / totals[1]).item()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The run
-
-
-def build_model(cfg: TrainConfig, resume_state: Optional[dict], log: RunLog) -> GPT:
-    if resume_state is not None:
-        return model_from_checkpoint(resume_state, source="resume checkpoint")
-    if cfg.init_from:
-        log.both(f"initialising from {cfg.init_from}")
-        model = load_model(cfg.init_from)
-        if cfg.seq_len > model.config.block_size:
-            raise ValueError(f"--seq-len {cfg.seq_len} is longer than {cfg.init_from}'s context "
-                             f"({model.config.block_size})")
-        return model
-    return GPT(GPTConfig(**{**PRESETS[cfg.model], "vocab_size": cfg.vocab_size}))
-
-
 def find_resume_checkpoint(cfg: TrainConfig) -> Optional[Path]:
     found = list_checkpoints(cfg.run_dir)
     if cfg.resume and not found:
@@ -409,185 +711,154 @@ def find_resume_checkpoint(cfg: TrainConfig) -> Optional[Path]:
     return found[-1] if found and cfg.resume is not False else None
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    ddp, device = setup_distributed(cfg.device)
-    try:
-        return run(cfg, ddp, device)
-    finally:
-        if ddp.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+def build_model(cfg: TrainConfig, resuming: bool, log: RunLog) -> GPT:
+    """The model to train, on the CPU: the command's shape (a resumed run loads its weights later), or --init-from's
+    weights."""
+    if cfg.init_from and not resuming:
+        log.both(f"initialising from {cfg.init_from}")
+        model = load_model(cfg.init_from)
+        model_config(cfg, weights=model.config)  # refuse a --model or --seq-len that does not fit the weights
+        return model
+    return GPT(model_config(cfg))
 
 
-def run(cfg: TrainConfig, ddp: Dist, device: torch.device) -> dict[str, Any]:
-    run_dir = Path(cfg.run_dir)
-    log = RunLog(run_dir, ddp.master)
-    dtype = pick_dtype(device, cfg.dtype)
-    use_compile = device.type == "cuda" if cfg.compile is None else cfg.compile
-    allow_tf32(device)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
+def make_loader(cfg: TrainConfig, split: str, ddp: Dist, device: torch.device, vocab_size: int) -> ShardLoader:
+    return ShardLoader(cfg.data_dir, split, cfg.micro_batch_size, cfg.seq_len, rank=ddp.rank,
+                       world_size=ddp.world_size, device=device, shuffle=cfg.shuffle and split == "train",
+                       seed=cfg.seed, vocab_size=vocab_size)
 
-    grad_accum = gradient_accumulation_steps(cfg, ddp.world_size)
-    if cfg.data_dir == TRAIN_PRESETS["quickstart"]["data_dir"]:
-        ensure_quickstart_data(cfg, ddp, log)
 
-    resume_path = find_resume_checkpoint(cfg)
-    resume_state = load_checkpoint(resume_path) if resume_path else None
-    model = build_model(cfg, resume_state, log).to(device)
-    vocab_size = model.config.vocab_size
-    loader_args = dict(B=cfg.micro_batch_size, T=cfg.seq_len, rank=ddp.rank, world_size=ddp.world_size,
-                       device=device, vocab_size=vocab_size)
-    train_loader = ShardLoader(cfg.data_dir, "train", shuffle=cfg.shuffle, seed=cfg.seed, **loader_args)
-    val_loader = ShardLoader(cfg.data_dir, "val", **loader_args)
-
-    log.record(f"# run started {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
-    log.record("# config " + json.dumps(dataclasses.asdict(cfg)))
-    log.record("# model " + json.dumps(dataclasses.asdict(model.config)))
-    for line in describe_environment():
-        log.record("# " + line)
-
+def start_or_resume(cfg: TrainConfig, ddp: Dist, device: torch.device, dtype: torch.dtype, log: RunLog) -> RunState:
+    """A new run's state, or the newest checkpoint's when there is one, refusing a command that does not fit it."""
+    if ddp.master:
+        remove_unfinished_checkpoints(cfg.run_dir)  # what a kill during a save left behind
+    path = find_resume_checkpoint(cfg)
+    checkpoint = load_checkpoint(path) if path else None
+    changed = resume_changes(cfg, checkpoint, path) if checkpoint else []
+    model = build_model(cfg, checkpoint is not None, log).to(device)
+    train_loader = make_loader(cfg, "train", ddp, device, model.config.vocab_size)
+    log_run_header(cfg, model, log)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type, log=log.both)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    start_step, val_loss = 0, None
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        train_loader.load_state_dict(resume_state["loader"])
-        set_rng_state(resume_state["rng"])
-        if "scaler" in resume_state:
-            scaler.load_state_dict(resume_state["scaler"])
-        start_step, val_loss = resume_state["step"], resume_state.get("val_loss")
-        log.both(f"resumed from {resume_path} at step {start_step}")
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # fp16 only; a no-op otherwise
+    state = RunState(model, optimizer, scaler, train_loader)
+    if checkpoint is not None:
+        state.step, state.val_loss, state.evaluated = restore_training_state(checkpoint, model, optimizer, scaler,
+                                                                            train_loader)
+        state.saved = (state.step, state.evaluated)
+        log.both(f"resumed from {path} at step {state.step}")
+        if changed:
+            log.both(f"changed since the checkpoint: {', '.join(changed)}")
+    return state
 
-    raw_model = model
-    if use_compile:
-        model = torch.compile(model)
-    train_model = DDP(model, device_ids=[ddp.local_rank] if device.type == "cuda" else None) if ddp.enabled \
-        else model
-    ctx = lambda: autocast(device, dtype)  # noqa: E731
-    hellaswag = Hellaswag(cfg, ddp, log)
-    min_lr = cfg.max_lr * cfg.min_lr_ratio
-    tokens_per_step = cfg.total_batch_size
-    flops_per_token = raw_model.flops_per_token(cfg.seq_len)
-    peak = peak_flops_of(device, cfg.peak_flops)
 
-    for line in run_summary(cfg, raw_model, ddp, grad_accum, start_step, device, dtype, use_compile,
-                            train_loader, val_loader):
+def log_train_step(log: RunLog, timer: StepTimer, step: int, loss: float, lr: float, norm: float,
+                   max_steps: int) -> None:
+    if projection := timer.projection(max_steps - step - 1):
+        log.both(projection)
+    log.say(f"step {step:5d} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | {timer.report(max_steps - step - 1)}")
+    log.record(f"{step} train {loss:.6f}")
+    log.record(f"{step} lr {lr:.4e}")
+    log.record(f"{step} norm {norm:.4f}")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def run(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest) -> dict[str, Any]:
+    """The story of a run: set up or resume, then at each step boundary evaluate, checkpoint and train, until
+    max_steps or a stop request, which every rank honours at the same boundary."""
+    log = RunLog(Path(cfg.run_dir), ddp.master)
+    dtype = pick_dtype(device, cfg.dtype)
+    allow_tf32(device)
+    seed_everything(cfg.seed)
+    prepare_data(cfg, ddp, log)
+    state = start_or_resume(cfg, ddp, device, dtype, log)
+    model = state.model
+    val_loader = make_loader(cfg, "val", ddp, device, model.config.vocab_size)
+    val_windows = validation_windows(cfg, val_loader)
+    hellaswag = load_hellaswag(cfg, log)
+    grad_accum = gradient_accumulation_steps(cfg, ddp.world_size)
+    use_compile = device.type == "cuda" if cfg.compile is None else cfg.compile
+    # One model, three views. `model` owns the weights: checkpoints, HellaSwag, samples and gradient clipping use it.
+    # `compiled` is the same modules through torch.compile, for the fixed-shape forward passes of training and
+    # validation. `train_model` wraps that in DDP, which all-reduces the gradients during backward: training only.
+    compiled = torch.compile(model) if use_compile else model
+    train_model = DDP(compiled, device_ids=[ddp.local_rank] if device.type == "cuda" else None) if ddp.enabled \
+        else compiled
+    schedule = CheckpointSchedule(cfg)
+    timer = StepTimer(cfg.total_batch_size, model.flops_per_token(cfg.seq_len), peak_flops_of(device, cfg.peak_flops),
+                      ddp.world_size)
+    for line in run_summary(cfg, model, ddp, grad_accum, state.step, device, dtype, use_compile, state.train_loader,
+                            val_windows):
         log.both(line)
 
-    def save(step: int) -> None:
-        if not ddp.master:
-            return
-        state = {
-            "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "config": dataclasses.asdict(raw_model.config),
-            "train_config": dataclasses.asdict(cfg),
-            "step": step,
-            "loader": train_loader.state_dict(),
-            "rng": rng_state(),
-            "val_loss": val_loss,
-        }
-        if scaler.is_enabled():
-            state["scaler"] = scaler.state_dict()
-        path = checkpoint_path(run_dir, step)
-        save_checkpoint(path, state)
-        prune_checkpoints(run_dir, cfg.keep_checkpoints)
-        log.both(f"saved checkpoint {path}")
+    losses = []
+    while True:
+        last = state.step >= cfg.max_steps
+        if not state.evaluated:
+            with autocast(device, dtype):
+                state.evaluated, val_loss = run_evaluations(state.step, last, cfg, model, compiled, val_loader,
+                                                            val_windows, hellaswag, ddp, log, stop, device)
+            state.val_loss = val_loss if val_loss is not None else state.val_loss
+        stopping, save = schedule.decide(state, last, stop, ddp)
+        if save:
+            schedule.save(state, cfg, ddp, log)
+        if stopping:
+            ddp.barrier()  # no rank leaves before the checkpoint is written
+            raise stopped(stop, state, cfg.run_dir, ddp)
+        if last:
+            break
+        timer.start()
+        lr = get_lr(state.step, cfg.max_lr, cfg.max_lr * cfg.min_lr_ratio, cfg.warmup_steps, cfg.max_steps)
+        loss, norm = train_step(train_model, model, state.optimizer, state.scaler, state.train_loader, grad_accum, lr,
+                                cfg.grad_clip, ddp, device, dtype)
+        if not (math.isfinite(loss) and math.isfinite(norm)) and not state.scaler.is_enabled():
+            raise diverged(state.step, loss, norm, Path(cfg.run_dir))
+        timer.stop(device)
+        losses.append(loss)
+        log_train_step(log, timer, state.step, loss, lr, norm, cfg.max_steps)
+        state.step, state.evaluated = state.step + 1, False
+    return {"losses": losses, "val_loss": state.val_loss, "step_times": timer.times, "run_dir": cfg.run_dir}
 
-    def due(interval: int, step: int) -> bool:
-        return bool(interval) and step % interval == 0
 
-    step_times: list[float] = []
-    losses: list[float] = []
-    step = start_step
-    last_saved = start_step if resume_state is not None else -1
-    try:
-        while True:
-            last = step == cfg.max_steps
-            # a checkpoint is written after its step's evaluations, so a resumed run does not repeat them
-            fresh = resume_state is None or step != start_step
-            if fresh and (due(cfg.eval_interval, step) or last):
-                val_loss = evaluate_loss(model, val_loader, cfg.val_steps, ctx, ddp)
-                log.say(f"step {step:5d} | val loss {val_loss:.4f}")
-                log.record(f"{step} val {val_loss:.4f}")
-            if fresh and (due(cfg.hellaswag_interval, step) or (last and cfg.hellaswag_interval)):
-                acc_norm = hellaswag.evaluate(raw_model, ctx, ddp)
-                if acc_norm is not None:
-                    log.say(f"step {step:5d} | HellaSwag acc_norm {acc_norm:.4f}")
-                    log.record(f"{step} hella {acc_norm:.4f}")
-            if fresh and ddp.master and step > 0 and (due(cfg.sample_interval, step) or (last and cfg.sample_interval)):
-                texts = sample_texts(raw_model, cfg.sample_prompt, cfg.num_samples, cfg.sample_tokens,
-                                     top_k=50, seed=cfg.seed, dtype=dtype)
-                for i, text in enumerate(texts, start=1):
-                    log.say(f"sample {i}: {text}")
-                    log.record(f"# step {step} sample {i}: {text}")
-            if fresh and step > 0 and (due(cfg.checkpoint_interval, step) or last):
-                save(step)
-                last_saved = step
-            if last:
-                break
+def stopped(stop: StopRequest, state: RunState, run_dir: str, ddp: Dist) -> Exit:
+    """The one line a stop ends with (on the master rank; the others exit with the same code, silently)."""
+    name = stop.signal.name if stop.signal else "a peer's stop request"
+    if state.saved is None:
+        where = "before the first step; nothing to save"
+    else:
+        where = (f"at step {state.step}; checkpoint {checkpoint_path(run_dir, state.saved[0])}; rerun the same "
+                 f"command to continue")
+    code = 128 + (stop.signal or signal.SIGTERM)
+    return Exit(f"stopped by {name} {where}" if ddp.master else "", code)
 
-            t0 = time.time()
-            lr = get_lr(step, cfg.max_lr, min_lr, cfg.warmup_steps, cfg.max_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro_step in range(grad_accum):
-                x, y = train_loader.next_batch()
-                sync = micro_step == grad_accum - 1  # all-reduce gradients only once, on the last micro-step
-                with train_model.no_sync() if ddp.enabled and not sync else contextlib.nullcontext():
-                    with ctx():
-                        _, loss = train_model(x, y)
-                    loss = loss / grad_accum  # the mean over micro-steps, as one big batch would have
-                    loss_sum += loss.detach()
-                    scaler.scale(loss).backward()
-            ddp.all_mean(loss_sum)
-            scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf"))
-            loss_value, norm_value = loss_sum.item(), norm.item()
-            if not (math.isfinite(loss_value) and math.isfinite(norm_value)) and not scaler.is_enabled():
-                raise FloatingPointError(
-                    f"step {step}: non-finite loss {loss_value} or gradient norm {norm_value}; stopped before the "
-                    f"update. The last good checkpoint is left in {run_dir}; try a lower --max-lr or more warmup"
-                )
-            scaler.step(optimizer)  # with fp16 a non-finite step is skipped and the scale lowered
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            synchronize(device)
-            dt = time.time() - t0
-            step_times.append(dt)
-            losses.append(loss_value)
 
-            tokens_per_sec = tokens_per_step / dt
-            recent = step_times[1:][-20:] or step_times  # the first step includes compilation
-            seconds_per_step = sum(recent) / len(recent)
-            eta = format_duration((cfg.max_steps - step - 1) * seconds_per_step)
-            if len(step_times) == PROJECTION_STEPS + 1:
-                log.both(f"projected after {PROJECTION_STEPS} timed steps: {tokens_per_step / seconds_per_step:,.0f} "
-                         f"tok/s, {1000 * seconds_per_step:,.0f} ms/step; ETA {eta} for the remaining "
-                         f"{cfg.max_steps - step - 1:,} steps, evaluations not included")
-            mfu = f"{100 * flops_per_token * tokens_per_sec / ddp.world_size / peak:.1f}%" if peak else "n/a"
-            log.say(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | "
-                    f"dt {1000 * dt:.0f}ms | tok/s {tokens_per_sec:,.0f} | MFU {mfu} | ETA {eta}")
-            log.record(f"{step} train {loss_value:.6f}")
-            log.record(f"{step} lr {lr:.4e}")
-            log.record(f"{step} norm {norm_value:.4f}")
-            step += 1
-    except KeyboardInterrupt:
-        if not ddp.enabled and step > last_saved and step > 0:
-            log.both(f"interrupted: saving the {step} finished steps")
-            save(step)
-        raise
-    return {"losses": losses, "val_loss": val_loss, "step_times": step_times, "run_dir": str(run_dir)}
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run cfg in this process, alone or as one rank of a torchrun job. SIGINT and SIGTERM are stop requests while
+    it runs (see StopRequest)."""
+    with StopRequest() as stop:
+        ddp, device = setup_distributed(cfg.device, cfg.dist_timeout)
+        try:
+            return run(cfg, ddp, device, stop)
+        except RuntimeError as e:
+            message = distributed_failure(e, ddp, cfg.dist_timeout) if ddp.enabled else None
+            if message is None:
+                raise
+            raise ConnectionError(message) from None
+        finally:
+            if ddp.enabled and dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     cfg = parse_config(argv)
     result = train(cfg)
     if "RANK" not in os.environ or os.environ["RANK"] == "0":
-        print(f"done: final val loss {result['val_loss']:.4f}; sample with: "
-              f"python sample.py --init {checkpoint_path(cfg.run_dir, cfg.max_steps)}")
+        final = f"final val loss {result['val_loss']:.4f}" if result["val_loss"] is not None else "finished"
+        print(f"done: {final}; sample with: python sample.py --init {checkpoint_path(cfg.run_dir, cfg.max_steps)}")
 
 
 if __name__ == "__main__":

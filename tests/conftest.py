@@ -1,3 +1,9 @@
+"""What the tests share: the one tiny model shape, its fixtures (a checkpoint, a transformers directory, shards of
+the bundled corpus), the tiny training command, log parsing, HellaSwag-format data and an in-process CLI runner."""
+
+import json
+import random
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -10,14 +16,24 @@ sys.path.insert(0, str(ROOT))
 
 from checkpoint import save_checkpoint  # noqa: E402
 from cli import run_cli  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from fineweb import Source, build_shards, expand_inputs  # noqa: E402
+from model import GPT, PRESETS  # noqa: E402
+from tokenizer import N_VOCAB  # noqa: E402
 
 # torch.compile on the CPU (inductor) builds C++ kernels
 HAS_CXX = bool(shutil.which("c++") or shutil.which("g++"))
-TINY = dict(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
+# The one tiny shape of the tests: model.py's "tiny" preset with GPT-2's vocabulary (training pads it instead).
+TINY = dict(**PRESETS["tiny"], vocab_size=N_VOCAB)
 
 
-def make_hf_model(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=50257, seed=0):
+def shape_only(config):
+    """A GPT on the meta device: its parameters have shapes but no storage, for counting (no seconds of init)."""
+    with torch.device("meta"):
+        return GPT(config)
+
+
+def make_hf_model(n_layer=TINY["n_layer"], n_head=TINY["n_head"], n_embd=TINY["n_embd"],
+                  n_positions=TINY["block_size"], vocab_size=N_VOCAB, seed=0):
     """A random transformers GPT2LMHeadModel with every weight (biases and LayerNorms too) non-trivial."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -44,10 +60,54 @@ def tiny_hf_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A checkpoint in this project's format holding a tiny random model."""
+    from model import GPTConfig
+
     torch.manual_seed(0)
     model = GPT(GPTConfig(**TINY))
     path = tmp_path_factory.mktemp("tiny_ckpt") / "ckpt_000000.pt"
     save_checkpoint(path, {"model": model.state_dict(), "config": dict(TINY), "step": 0})
+    return path
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    """The bundled Shakespeare plays as shards (prefix 's'), about 290K train and 32K val tokens."""
+    out = tmp_path_factory.mktemp("shakespeare")
+    build_shards(Source("local", files=expand_inputs([str(ROOT / "assets" / "shakespeare")])), out, "s")
+    return out
+
+
+def tiny_args(shards, run_dir, *extra):
+    """train_gpt2.py's flags for a 6-step run of the tiny model: 2 micro-batches of 4 x 32 per step, validation
+    every 3 steps on 2 windows, a checkpoint every 3 steps; `extra` flags override."""
+    return ["--model", "tiny", "--data-dir", str(shards), "--run-dir", str(run_dir), "--total-batch-size", "256",
+            "--micro-batch-size", "4", "--seq-len", "32", "--max-lr", "1e-2", "--warmup-steps", "2",
+            "--max-steps", "6", "--eval-interval", "3", "--val-tokens", "256", "--hellaswag-interval", "0",
+            "--sample-interval", "0", "--checkpoint-interval", "3", "--keep-checkpoints", "0", "--device", "cpu",
+            *extra]
+
+
+def log_events(log_path, kind="train"):
+    """{step: value} of one kind of event line ('{step} {kind} {value}') in a run's log.txt, the last one per step."""
+    pattern = re.compile(rf"^(\d+) {kind} (\S+)$")
+    return {int(m.group(1)): float(m.group(2)) for line in open(log_path) if (m := pattern.match(line.strip()))}
+
+
+WORDS = "the a man woman dog runs jumps into water then slowly carefully ball kitchen opens door laughs".split()
+
+
+def make_hellaswag_file(path, n, seed=0):
+    """Lines in HellaSwag's exact format (all of its fields), random words as text."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            words = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
+            ctx_a, ctx_b = words(rng.randint(3, 12)).capitalize() + ".", words(rng.randint(1, 4))
+            f.write(json.dumps({
+                "ind": i, "activity_label": "Testing", "ctx_a": ctx_a, "ctx_b": ctx_b, "ctx": ctx_a + " " + ctx_b,
+                "split": "val", "split_type": "indomain", "label": rng.randint(0, 3),
+                "endings": [words(rng.randint(1, 10)) + "." for _ in range(4)], "source_id": f"test~{i}",
+            }) + "\n")
     return path
 
 

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
+import export_hf
 from checkpoint import save_checkpoint
-from conftest import ROOT
-from export_hf import export_hf
+from conftest import ROOT, run_cli_main
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
 
@@ -31,7 +31,7 @@ def padded_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(padded_checkpoint, tmp_path_factory):
-    return export_hf(padded_checkpoint[0], tmp_path_factory.mktemp("export") / "hf")
+    return export_hf.export_hf(padded_checkpoint[0], tmp_path_factory.mktemp("export") / "hf")
 
 
 def test_round_trip_through_transformers_gives_the_same_logits(padded_checkpoint, exported):
@@ -62,10 +62,9 @@ def test_exported_tokenizer_equals_ours(exported):
     assert hf_tok.convert_tokens_to_ids("<|endoftext|>") == 50256
 
 
-def test_cli_and_its_errors(padded_checkpoint, tmp_path):
+def test_cli_and_its_errors(padded_checkpoint, tmp_path, capsys):
     ok = subprocess.run([sys.executable, "export_hf.py", str(padded_checkpoint[0]), str(tmp_path / "hf")],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and "wrote" in ok.stdout, ok.stderr
-    bad = subprocess.run([sys.executable, "export_hf.py", str(tmp_path / "missing.pt"), str(tmp_path / "x")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and "missing.pt" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    code, _, err = run_cli_main(export_hf.main, [str(tmp_path / "missing.pt"), str(tmp_path / "x")], capsys)
+    assert code == 1 and "missing.pt" in err and len(err.strip().splitlines()) == 1

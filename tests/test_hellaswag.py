@@ -1,33 +1,13 @@
 """HellaSwag scoring against a float64 example-by-example reference; rank splits; the CLI; malformed input."""
 
-import json
-import random
-
 import pytest
 import torch
 
 import hellaswag
 from checkpoint import load_checkpoint, model_from_checkpoint
-from conftest import run_cli_main
+from conftest import make_hellaswag_file, run_cli_main
 from hellaswag import load_examples, score_examples
 from tokenizer import get_tokenizer
-
-WORDS = "the a man woman dog runs jumps into water then slowly carefully ball kitchen opens door laughs".split()
-
-
-def make_hellaswag_file(path, n, seed=0):
-    """Lines in HellaSwag's exact format (all of its fields), random words as text."""
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for i in range(n):
-            words = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
-            ctx_a, ctx_b = words(rng.randint(3, 12)).capitalize() + ".", words(rng.randint(1, 4))
-            f.write(json.dumps({
-                "ind": i, "activity_label": "Testing", "ctx_a": ctx_a, "ctx_b": ctx_b, "ctx": ctx_a + " " + ctx_b,
-                "split": "val", "split_type": "indomain", "label": rng.randint(0, 3),
-                "endings": [words(rng.randint(1, 10)) + "." for _ in range(4)], "source_id": f"test~{i}",
-            }) + "\n")
-    return path
 
 
 def reference_counts(model, examples):

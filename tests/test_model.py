@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import HAS_CXX, make_hf_model
+from conftest import HAS_CXX, make_hf_model, shape_only
 
 from model import GPT, GPTConfig, config_from_hf, config_from_preset
 
@@ -15,8 +15,8 @@ LOGIT_TOL = 1e-4
 
 
 def test_parameter_counts_of_124m():
-    assert GPT(GPTConfig()).num_params() == 124_439_808
-    assert GPT(GPTConfig(vocab_size=50304)).num_params() == 124_475_904
+    assert shape_only(GPTConfig()).num_params() == 124_439_808
+    assert shape_only(GPTConfig(vocab_size=50304)).num_params() == 124_475_904
 
 
 def test_presets_match_published_shapes():
@@ -77,7 +77,7 @@ def test_loss_ignores_minus_one_targets_against_float64_reference():
 
 def test_input_longer_than_block_size_is_a_clear_error():
     model = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=1, n_embd=8))
-    with pytest.raises(ValueError, match="longer than the model's block_size 8"):
+    with pytest.raises(ValueError, match=r"a sequence of 9 tokens is longer than the model's context \(block_size 8\)"):
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
@@ -166,7 +166,7 @@ def test_optimizer_groups_decay_only_matrices():
 
 
 def test_optimizer_groups_of_124m_match_build_nanogpt_report(capsys):
-    model = GPT(GPTConfig(vocab_size=50304))
+    model = shape_only(GPTConfig(vocab_size=50304))
     decay, no_decay = model.configure_optimizers(0.1, 6e-4, "cpu").param_groups
     report = capsys.readouterr().out  # printed by default
     assert "decayed: 50 tensors, 124,354,560 parameters" in report and "not decayed: 98 tensors, 121,344" in report
@@ -181,10 +181,10 @@ def test_cached_chunk_after_prefix_equals_full_forward():
 
     x = torch.randint(0, 80, (2, 20))
     with torch.no_grad():
-        full = model.lm_head(model._hidden(x))
+        full = model(x)[0]
         caches = [KVCache(24) for _ in range(2)]
-        model._hidden(x[:, :7], caches, 0)
-        chunk = model.lm_head(model._hidden(x[:, 7:], caches, 7))
+        model.hidden_states(x[:, :7], caches, 0)
+        chunk = model.lm_head(model.hidden_states(x[:, 7:], caches, 7))
     assert (chunk - full[:, 7:]).abs().max().item() < 1e-5
 
 
@@ -196,11 +196,11 @@ def test_fixed_shape_decoding_step_equals_full_forward():
     model = GPT(GPTConfig(block_size=24, vocab_size=80, n_layer=2, n_head=2, n_embd=16)).eval()
     x = torch.randint(0, 80, (2, 20))
     with torch.no_grad():
-        full = model.lm_head(model._hidden(x))  # (2, 20, 80)
+        full = model(x)[0]  # (2, 20, 80)
         caches = [KVCache(24) for _ in range(2)]
-        model._hidden(x[:, :5], caches, 0)
+        model.hidden_states(x[:, :5], caches, 0)
         for t in range(5, 20):
-            step = model._next_logits(x[:, t : t + 1], caches, torch.tensor([t]))
+            step = model.next_token_logits(x[:, t : t + 1], caches, torch.tensor([t]))
             assert (step - full[:, t]).abs().max().item() < 1e-5
 
 

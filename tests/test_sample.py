@@ -59,7 +59,9 @@ def test_greedy_samples_equal_transformers_text(tiny_hf_dir, capsys):
         (["-m", "-3"], 2, "--max-new-tokens"),
         (["--top-k", "0"], 2, "--top-k"),
         (["--temperature", "-1"], 2, "--temperature"),
-        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], 1, "device"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], 2, "argument --device"),
+        (["--dtype", "fp8"], 2, "argument --dtype: invalid choice"),
+        (["--device", "cpu", "--dtype", "float16"], 2, "--dtype float16 on cpu: float16 needs a GPU"),
     ],
 )
 def test_bad_inputs_give_one_line_errors(argv, code, message, capsys):
@@ -97,7 +99,7 @@ def test_checkpoints_are_loaded_without_unpickling_objects(tmp_path, capsys):
 
 def test_checkpoint_with_wrong_config_is_a_clear_error(tiny_checkpoint):
     state = load_checkpoint(tiny_checkpoint)
-    state["config"]["n_embd"] = 64
+    state["config"]["n_embd"] = 32
     with pytest.raises(ValueError, match="do not fit"):
         model_from_checkpoint(state)
     state["config"]["bogus"] = 1

@@ -1,6 +1,6 @@
 import pytest
 
-from tokenizer import EOT_ID, VOCAB_FILE, _read_ranks, get_tokenizer
+from tokenizer import EOT_ID, VOCAB_FILE, read_ranks, get_tokenizer
 
 
 def test_gpt2_ids():
@@ -20,4 +20,4 @@ def test_vocabulary_file_is_checked(tmp_path):
     bad = tmp_path / "gpt2.tiktoken"
     bad.write_bytes(VOCAB_FILE.read_bytes()[:-10])
     with pytest.raises(ValueError, match="SHA-256"):
-        _read_ranks(bad)
+        read_ranks(bad)

@@ -1,0 +1,65 @@
+"""The one way this project writes a file that must never be seen half-written: checkpoints, shards, manifests,
+downloads. Torch-free, so tokenizer processes import it cheaply.
+
+A writer fills `NAME.PID.tmp` (one temporary name per process, so concurrent writers never share one), flushes it
+to disk, then renames it over NAME: a crash leaves the old file or the new one, never half of one. A temporary file
+that a killed writer leaves behind is deleted by `remove_stale_temporaries` when the next run starts.
+"""
+
+import contextlib
+import os
+import re
+from pathlib import Path
+from typing import BinaryIO, Iterator, Union
+
+TEMPORARY = re.compile(r"^(?P<name>.+?)\.(\d+\.)?tmp$")  # NAME.PID.tmp, and NAME.tmp from older versions
+
+
+def temporary_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Union[str, Path]) -> Iterator[BinaryIO]:
+    """A binary file to write that appears at `path` only once complete and on disk; on any exception (a
+    KeyboardInterrupt too) the temporary file is removed and `path` keeps what it held before."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (a no-op where directories cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(directory: Union[str, Path], pattern: re.Pattern) -> list[Path]:
+    """Delete the temporary files in `directory` whose final name matches `pattern`: what a killed writer left."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        m = TEMPORARY.match(path.name)
+        if m and pattern.match(m.group("name")) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

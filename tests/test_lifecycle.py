@@ -1,0 +1,286 @@
+"""The run lifecycle: Ctrl-C (SIGINT) and preemption (SIGTERM) at any moment stop the run with a checkpoint of the
+step boundary and one line, and rerunning the command continues exactly as the unbroken run (one process: bitwise;
+torchrun: within fp32 tolerance); a second signal or a kill mid-save corrupts nothing; a frozen peer ends the run
+within --dist-timeout; validation is the same at any world size."""
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train_gpt2
+from checkpoint import list_checkpoints, load_checkpoint
+from cli import Exit
+from conftest import ROOT, log_events, make_hellaswag_file, tiny_args
+from train_gpt2 import parse_config, train
+
+STEPS = 12
+
+
+def stop_args(shards, run_dir, *extra):
+    """12 steps, validation every 4, no periodic checkpoints: only the stop's and the end's."""
+    return tiny_args(shards, run_dir, "--max-steps", str(STEPS), "--eval-interval", "4", "--checkpoint-interval", "0",
+                     "--checkpoint-minutes", "0", "--max-lr", "2e-3", *extra)
+
+
+def event_lines(run_dir, kinds=("train", "lr", "norm", "val", "hella")):
+    """The event lines of log.txt in order, duplicates included: a resumed run must not repeat or skip any."""
+    pattern = re.compile(rf"^\d+ ({'|'.join(kinds)}) ")
+    return [line for line in (run_dir / "log.txt").read_text().splitlines() if pattern.match(line)]
+
+
+def assert_same_final_state(run_dir, reference_dir):
+    a, b = load_checkpoint(run_dir / f"ckpt_{STEPS:06d}.pt"), load_checkpoint(reference_dir / f"ckpt_{STEPS:06d}.pt")
+    assert a["step"] == b["step"] == STEPS and a["loader"] == b["loader"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+
+def leftovers(run_dir):
+    return [p.name for p in run_dir.glob("*.tmp")]
+
+
+@pytest.fixture(scope="module")
+def reference(shards, tmp_path_factory):
+    """The unbroken run."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    train(parse_config(stop_args(shards, run_dir)))
+    return run_dir
+
+
+def signal_on_call(monkeypatch, name, call, signum, before=True):
+    """Make train_gpt2.`name` send this process `signum` on its `call`-th call (counting from 1)."""
+    real, calls = getattr(train_gpt2, name), {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_gpt2, name, wrapped)
+
+
+@pytest.mark.parametrize(
+    "where,name,call,signum,stopped_at",
+    [
+        ("in the middle of a training step", "train_step", 6, signal.SIGINT, 6),
+        ("during validation, which is then abandoned and redone on resume", "evaluate_loss", 2, signal.SIGTERM, 4),
+        ("during the first validation: nothing to save", "evaluate_loss", 1, signal.SIGINT, 0),
+    ],
+)
+def test_stop_then_rerun_equals_the_unbroken_run_bitwise(shards, tmp_path, reference, monkeypatch, capsys, where,
+                                                         name, call, signum, stopped_at):
+    args = stop_args(shards, tmp_path)
+    with monkeypatch.context() as patch:
+        signal_on_call(patch, name, call, signum)
+        with pytest.raises(Exit) as e:
+            train(parse_config(args))
+    assert e.value.code == 128 + signum
+    message = str(e.value)
+    if stopped_at:
+        ckpt = tmp_path / f"ckpt_{stopped_at:06d}.pt"
+        assert message == (f"stopped by {signal.Signals(signum).name} at step {stopped_at}; checkpoint {ckpt}; "
+                           f"rerun the same command to continue")
+        assert load_checkpoint(ckpt)["step"] == stopped_at
+    else:
+        assert message == f"stopped by {signal.Signals(signum).name} before the first step; nothing to save"
+        assert list_checkpoints(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run's handlers are gone again
+
+    result = train(parse_config(args))
+    assert len(result["losses"]) == STEPS - stopped_at
+    assert event_lines(tmp_path) == event_lines(reference)
+    assert_same_final_state(tmp_path, reference)
+    assert leftovers(tmp_path) == []
+
+
+def test_second_signal_during_the_save_corrupts_nothing(shards, tmp_path, reference, monkeypatch, capfd):
+    signal_on_call(monkeypatch, "train_step", 3, signal.SIGINT)
+    real_save = train_gpt2.save_checkpoint
+
+    def save_interrupted(path, state):  # a second Ctrl-C, then a SIGTERM, while the checkpoint is written
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_save(path, state)
+
+    monkeypatch.setattr(train_gpt2, "save_checkpoint", save_interrupted)
+    with pytest.raises(Exit) as e:
+        train(parse_config(stop_args(shards, tmp_path)))
+    assert e.value.code == 130 and "stopped by SIGINT at step 3" in str(e.value)
+    assert "already stopping" in capfd.readouterr().err
+    assert load_checkpoint(tmp_path / "ckpt_000003.pt")["step"] == 3 and leftovers(tmp_path) == []
+    monkeypatch.undo()
+    train(parse_config(stop_args(shards, tmp_path)))
+    assert event_lines(tmp_path) == event_lines(reference)
+    assert_same_final_state(tmp_path, reference)
+
+
+def test_stale_temporary_files_of_a_killed_save_are_removed_at_the_next_start(shards, tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    stale = [tmp_path / "ckpt_000003.pt.4242.tmp", tmp_path / "ckpt_000002.pt.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    train(parse_config(stop_args(shards, tmp_path, "--max-steps", "1", "--warmup-steps", "0")))
+    assert not any(p.exists() for p in stale) and (tmp_path / "notes.tmp").exists()
+
+
+def test_checkpoints_by_time(shards, tmp_path):
+    # a checkpoint whenever the minutes have passed since the last one: here at every step boundary
+    train(parse_config(stop_args(shards, tmp_path, "--max-steps", "4", "--checkpoint-minutes", "1e-6",
+                                 "--keep-checkpoints", "3")))
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_000002.pt", "ckpt_000003.pt", "ckpt_000004.pt"]
+
+
+def test_signals_at_random_moments_of_the_command(shards, tmp_path):
+    """The real command, signalled at seeded random moments (start-up, steps, evaluations, saves), then rerun until it
+    finishes: never a traceback, a corrupt checkpoint or a temporary file left, a SIGKILL loses only the steps since
+    the newest checkpoint, and the whole is the same run as an unbroken one, bitwise."""
+    steps = 20
+    args = tiny_args(shards, tmp_path / "run", "--max-steps", str(steps), "--eval-interval", "5", "--max-lr", "2e-3",
+                     "--checkpoint-interval", "3", "--checkpoint-minutes", "0", "--keep-checkpoints", "2")
+    log = tmp_path / "run" / "log.txt"
+    rng = random.Random(20261126)
+    stops = 0
+    for attempt, signum in enumerate([signal.SIGINT, signal.SIGKILL, signal.SIGTERM, None]):
+        logged = log.stat().st_size if log.exists() else 0
+        proc = subprocess.Popen([sys.executable, "train_gpt2.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        if signum is not None:
+            if attempt == 0:  # any moment: the imports, the set-up or the run
+                delay = rng.uniform(0.5, 6.0)
+            else:  # a moment of the run, once it has begun writing its log
+                wait_for(lambda: log.exists() and log.stat().st_size > logged, 120)
+                delay = rng.uniform(0.0, 2.5)
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signum)
+        out, err = proc.communicate(timeout=300)
+        assert "Traceback" not in err and leftovers(tmp_path / "run") == [], err
+        for path in list_checkpoints(tmp_path / "run"):
+            load_checkpoint(path)  # never corrupt
+        if proc.returncode == 0:
+            break
+        if proc.returncode in (130, 143):  # stopped by the run: one line, naming the signal and the checkpoint
+            stops += 1
+            assert proc.returncode == 128 + signum and len(err.strip().splitlines()) == 1, err
+            assert re.fullmatch(rf"train_gpt2.py: stopped by {signum.name} (at step \d+; checkpoint \S+; rerun the "
+                                rf"same command to continue|before the first step; nothing to save)", err.strip())
+        else:  # SIGKILL, or a signal during the imports, before the handlers: its default action, silently
+            assert proc.returncode == -signum and err == "", (proc.returncode, err)
+        if signum == signal.SIGKILL and list_checkpoints(tmp_path / "run"):
+            newest = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["step"]
+            assert max(log_events(log)) + 1 - newest <= 3  # lost at most the steps since the newest checkpoint
+    assert proc.returncode == 0 and stops >= 1
+    reference = train(parse_config(tiny_args(shards, tmp_path / "ref", "--max-steps", str(steps), "--max-lr", "2e-3",
+                                             "--eval-interval", "5", "--checkpoint-interval", "0")))
+    assert log_events(log) == {s: float(f"{v:.6f}") for s, v in enumerate(reference["losses"])}
+    assert log_events(log, "val") == log_events(tmp_path / "ref" / "log.txt", "val")
+    a, b = load_checkpoint(tmp_path / "run" / f"ckpt_{steps:06d}.pt"), load_checkpoint(tmp_path / "ref" /
+                                                                                       f"ckpt_{steps:06d}.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+
+
+def torchrun(args, **popen):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "train_gpt2.py", *args], cwd=ROOT, env=env, text=True, **popen)
+
+
+def wait_for(condition, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_torchrun_stopped_by_sigterm_resumes_and_matches_one_process(shards, tmp_path):
+    """2 ranks with gradient accumulation, SIGTERM to torchrun (as Slurm and Kubernetes preempt) mid-run, then the same
+    command again: the losses of one process within fp32 tolerance (the ranks sum gradients in another order),
+    validation and HellaSwag equal, as the same windows and examples are evaluated at any world size."""
+    hella = ["--hellaswag-interval", "4", "--hellaswag-path", str(make_hellaswag_file(tmp_path / "hs.jsonl", 16))]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(parse_config(stop_args(shards, one, *hella)))
+    proc = torchrun(stop_args(shards, two, *hella), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert wait_for(lambda: (two / "log.txt").exists() and 2 in log_events(two / "log.txt"), 240)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0  # torchrun reports the stop as a failure of the job, and prints its own traceback
+    stop_lines = re.findall(r"train_gpt2.py: stopped by SIGTERM at step (\d+); checkpoint (\S+);", err)
+    assert len(stop_lines) == 1, err  # the master's line, once
+    step = int(stop_lines[0][0])
+    assert 3 <= step < STEPS and stop_lines[0][1] == str(two / f"ckpt_{step:06d}.pt")
+    assert 'train_gpt2.py", line' not in err and leftovers(two) == []  # no traceback of ours
+
+    proc = torchrun(stop_args(shards, two, *hella), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "2 ranks" in out and f"resumed from {two / f'ckpt_{step:06d}.pt'}" in out
+    single, ddp = log_events(one / "log.txt"), log_events(two / "log.txt")
+    assert sorted(single) == sorted(ddp) == list(range(STEPS))
+    assert max(abs(single[s] - ddp[s]) for s in single) <= 1e-5
+    assert log_events(one / "log.txt", "val") == log_events(two / "log.txt", "val")  # world-size independent
+    assert sorted(log_events(one / "log.txt", "val")) == [0, 4, 8, 12]
+    assert log_events(one / "log.txt", "hella") == log_events(two / "log.txt", "hella")
+    assert event_lines(two, ("val",)) == event_lines(one, ("val",))  # each once: nothing repeated on resume
+
+
+def children(pid):
+    """The pids whose parent is pid (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def rank_of(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    return int(env[b"RANK"])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the torchrun workers through /proc")
+def test_frozen_peer_ends_the_run_within_the_dist_timeout(shards, tmp_path):
+    timeout = 4
+    proc = torchrun(tiny_args(shards, tmp_path, "--max-steps", "1000", "--eval-interval", "0",
+                              "--checkpoint-interval", "0", "--dist-timeout", str(timeout)),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers = []
+    try:
+        assert wait_for(lambda: (tmp_path / "log.txt").exists() and 2 in log_events(tmp_path / "log.txt"), 240)
+        workers = children(proc.pid)
+        rank0, rank1 = sorted(workers, key=rank_of)
+        os.kill(rank1, signal.SIGSTOP)  # a hung peer: alive, silent
+        frozen_at = time.time()
+        assert wait_for(lambda: not os.path.exists(f"/proc/{rank0}") or
+                        open(f"/proc/{rank0}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", timeout + 30)
+        ended_after = time.time() - frozen_at
+    finally:
+        for pid in workers + [proc.pid]:  # torchrun would wait 30 s more for the frozen worker before killing it
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        err = proc.communicate(timeout=60)[1]
+    assert ended_after < timeout + 10, ended_after
+    lines = [line for line in err.splitlines() if line.startswith("train_gpt2.py:")]
+    assert len(lines) == 1 and lines[0].startswith("train_gpt2.py: error: rank 0 of 2: lost the other ranks: "), err
+    assert f"--dist-timeout {timeout} s" in lines[0] and 'train_gpt2.py", line' not in err
