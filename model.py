@@ -19,6 +19,7 @@ from tokenizer import EOT_ID, N_VOCAB
 # on the padded size run faster on GPUs. The training default.
 PADDED_VOCAB_SIZE = -(-N_VOCAB // 128) * 128
 
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest context, also the number of learned positions

@@ -151,7 +151,8 @@ class TrainConfig:
             if check is not None and value is not None and (problem := check(value)):
                 raise ValueError(f"{flag(f.name)} {problem}")
         if self.warmup_steps > self.max_steps:
-            raise ValueError(f"--warmup-steps {self.warmup_steps} is longer than the run (--max-steps {self.max_steps})")
+            raise ValueError(f"--warmup-steps {self.warmup_steps} is longer than the run "
+                             f"(--max-steps {self.max_steps})")
         if self.model is not None and self.model not in PRESETS:
             raise ValueError(f"--model {self.model!r}: choose from {', '.join(PRESETS)}")
         if not self.init_from:  # the shape of --init-from's weights is known once they are loaded
@@ -320,6 +321,13 @@ class Dist:
     world_size: int = 1
     device: torch.device = torch.device("cpu")  # where collectives run: the GPU with nccl, the CPU with gloo
 
+    @classmethod
+    def from_environment(cls) -> "Dist":
+        """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them, one process."""
+        if "RANK" not in os.environ:
+            return cls()
+        return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
@@ -352,13 +360,12 @@ class Dist:
             dist.barrier()
 
 
-def setup_distributed(device_name: str, timeout_seconds: float) -> tuple[Dist, torch.device]:
-    """torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; then nccl on CUDA, gloo on CPU, each collective bounded by the
-    timeout."""
-    if "RANK" not in os.environ:
-        return Dist(), pick_device(device_name)
-    ddp = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+def setup_distributed(ddp: Dist, device_name: str, timeout_seconds: float) -> torch.device:
+    """Join the process group torchrun describes: nccl on CUDA, gloo on CPU, every collective bounded by the
+    timeout. Returns this rank's device."""
     device = pick_device(device_name)
+    if not ddp.enabled:
+        return device
     timeout = timedelta(seconds=timeout_seconds)
     if device.type == "cuda":
         device = torch.device("cuda", ddp.local_rank)
@@ -370,7 +377,7 @@ def setup_distributed(device_name: str, timeout_seconds: float) -> tuple[Dist, t
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
         dist.init_process_group(backend="gloo", timeout=timeout)
     ddp.device = device
-    return ddp, device
+    return device
 
 
 def distributed_failure(e: BaseException, ddp: Dist, timeout_seconds: float) -> Optional[str]:
@@ -378,11 +385,11 @@ def distributed_failure(e: BaseException, ddp: Dist, timeout_seconds: float) -> 
     text = first_line(e)
     if not (isinstance(e, dist.DistError) or re.search(r"gloo|nccl|connection|timed out|timeout", text, re.I)):
         return None
-    cause = re.sub(r"^\[[^\]]*\]\s*", "", text)  # gloo's "[/path/to/pair.cc:537] " prefix
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]  # without gloo's "[.../pair.cc:537] " and advice
     if re.search(r"timed out|timeout", text, re.I):
-        cause += f" (no answer from a peer within --dist-timeout {timeout_seconds:g} s)"
-    return (f"rank {ddp.rank} of {ddp.world_size}: lost the other ranks: {cause}; torchrun's summary names the rank "
-            f"that failed first. The newest checkpoint is intact: rerun the same command to continue")
+        cause += f"; no answer from a peer within --dist-timeout {timeout_seconds:g} s"
+    return (f"rank {ddp.rank} of {ddp.world_size}: lost contact with the other ranks ({cause}); torchrun's summary "
+            f"names the rank that failed first; rerun the same command to continue from the newest checkpoint")
 
 
 class RunLog:
@@ -637,11 +644,14 @@ def train_step(train_model: torch.nn.Module, model: GPT, optimizer: torch.optim.
     return loss_value, norm_value
 
 
-def diverged(step: int, loss: float, norm: float, run_dir: Path) -> FloatingPointError:
+def diverged(step: int, loss: float, norm: float, run_dir: Path, log: RunLog) -> FloatingPointError:
+    """The error a non-finite loss or gradient norm ends the run with, true about the checkpoints (also logged)."""
     found = list_checkpoints(run_dir)
-    kept = f"the newest checkpoint, {found[-1]}, is intact" if found else "no checkpoint had been written yet"
-    return FloatingPointError(f"step {step}: non-finite loss {loss} or gradient norm {norm}; stopped before the "
-                              f"update. {kept[0].upper() + kept[1:]}; try a lower --max-lr or more warmup")
+    kept = f"The newest checkpoint, {found[-1]}, is intact" if found else "No checkpoint had been written yet"
+    message = (f"step {step}: non-finite loss {loss} or gradient norm {norm}; stopped before the update. {kept}; "
+               f"try a lower --max-lr or more warmup")
+    log.record(f"# {message}")
+    return FloatingPointError(message)
 
 
 @dataclass
@@ -808,7 +818,7 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest) ->
             schedule.save(state, cfg, ddp, log)
         if stopping:
             ddp.barrier()  # no rank leaves before the checkpoint is written
-            raise stopped(stop, state, cfg.run_dir, ddp)
+            raise stopped(stop, state, cfg.run_dir, ddp, log)
         if last:
             break
         timer.start()
@@ -816,7 +826,7 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest) ->
         loss, norm = train_step(train_model, model, state.optimizer, state.scaler, state.train_loader, grad_accum, lr,
                                 cfg.grad_clip, ddp, device, dtype)
         if not (math.isfinite(loss) and math.isfinite(norm)) and not state.scaler.is_enabled():
-            raise diverged(state.step, loss, norm, Path(cfg.run_dir))
+            raise diverged(state.step, loss, norm, Path(cfg.run_dir), log)
         timer.stop(device)
         losses.append(loss)
         log_train_step(log, timer, state.step, loss, lr, norm, cfg.max_steps)
@@ -824,24 +834,27 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest) ->
     return {"losses": losses, "val_loss": state.val_loss, "step_times": timer.times, "run_dir": cfg.run_dir}
 
 
-def stopped(stop: StopRequest, state: RunState, run_dir: str, ddp: Dist) -> Exit:
-    """The one line a stop ends with (on the master rank; the others exit with the same code, silently)."""
+def stopped(stop: StopRequest, state: RunState, run_dir: str, ddp: Dist, log: RunLog) -> Exit:
+    """The one line a stop ends with, also logged (on the master rank; the others exit with the same code,
+    silently)."""
     name = stop.signal.name if stop.signal else "a peer's stop request"
     if state.saved is None:
         where = "before the first step; nothing to save"
     else:
         where = (f"at step {state.step}; checkpoint {checkpoint_path(run_dir, state.saved[0])}; rerun the same "
                  f"command to continue")
-    code = 128 + (stop.signal or signal.SIGTERM)
-    return Exit(f"stopped by {name} {where}" if ddp.master else "", code)
+    message = f"stopped by {name} {where}"
+    log.record(f"# {message}")
+    return Exit(message if ddp.master else "", 128 + (stop.signal or signal.SIGTERM))
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run cfg in this process, alone or as one rank of a torchrun job. SIGINT and SIGTERM are stop requests while
     it runs (see StopRequest)."""
+    ddp = Dist.from_environment()
     with StopRequest() as stop:
-        ddp, device = setup_distributed(cfg.device, cfg.dist_timeout)
         try:
+            device = setup_distributed(ddp, cfg.device, cfg.dist_timeout)
             return run(cfg, ddp, device, stop)
         except RuntimeError as e:
             message = distributed_failure(e, ddp, cfg.dist_timeout) if ddp.enabled else None

@@ -1,12 +1,10 @@
-"""train_gpt2.py on tiny configs: LR schedule, accumulation, torchrun parity, exact resume, crash safety, errors."""
+"""train_gpt2.py on tiny configs: LR schedule, accumulation, the golden loss curve, exact resume and what it refuses,
+--init-from, compile, flags and their errors. Stops, signals and torchrun: test_lifecycle.py."""
 
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -143,7 +141,8 @@ def test_init_from_weights_and_a_model_flag_that_disagrees(shards, tiny_hf_dir, 
         train(parse_config(tiny_args(shards, tmp_path / "b", "--init-from", str(tiny_hf_dir), "--vocab-size", "50304")))
     # the matching preset, or none, trains the weights' shape (GPT-2's unpadded vocabulary)
     for run, model_flag in (("c", ["--model", "tiny"]), ("d", [])):
-        args = tiny_args(shards, tmp_path / run, "--init-from", str(tiny_hf_dir), "--max-steps", "1", "--warmup-steps", "0")
+        args = tiny_args(shards, tmp_path / run, "--init-from", str(tiny_hf_dir), "--max-steps", "1",
+                         "--warmup-steps", "0")
         args = model_flag + args[2:]  # tiny_args starts with --model tiny
         result = train(parse_config(args))
         state = load_checkpoint(tmp_path / run / "ckpt_000001.pt")
