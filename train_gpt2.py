@@ -590,7 +590,7 @@ def run_evaluations(step: int, last: bool, cfg: TrainConfig, model: GPT, compile
     logged, so a resumed run does them again."""
     events, texts = [], []
     val_loss = None
-    if last or (cfg.eval_interval and step % cfg.eval_interval == 0):
+    if last or due(cfg.eval_interval, step, last):  # validation also ends every run
         val_loss = evaluate_loss(compiled, val_loader, val_windows, ddp, stop)
         if val_loss is None:
             return False, None
