@@ -578,7 +578,8 @@ def evaluate_hellaswag(model: GPT, examples: list[dict], ddp: Dist, device: torc
 
 
 def due(interval: int, step: int, last: bool) -> bool:
-    """An evaluation with this interval is due at step (0 turns it off; the last step has every one that is on)."""
+    """Whether what runs every `interval` steps (an evaluation, a checkpoint) is due at `step`: 0 turns it off, and
+    the last step has every one that is on."""
     return bool(interval) and (step % interval == 0 or last)
 
 
@@ -680,8 +681,7 @@ class CheckpointSchedule:
         """(stop now, save now), the same on every rank: the one collective of each step boundary."""
         minutes_due = ddp.master and self.minutes > 0 and time.time() - self.last_time >= 60 * self.minutes
         stopping, minutes_due = ddp.any_rank(stop.requested, minutes_due)
-        by_steps = bool(self.interval) and state.step % self.interval == 0
-        wanted = last or stopping or minutes_due or by_steps
+        wanted = last or stopping or minutes_due or due(self.interval, state.step, last)
         return stopping, wanted and state.step > 0 and state.saved != (state.step, state.evaluated)
 
     def save(self, state: RunState, cfg: TrainConfig, ddp: Dist, log: RunLog) -> None:
