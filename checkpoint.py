@@ -153,12 +153,16 @@ def restore_training_state(
 # A model from --init
 
 
-def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> GPT:
+def config_of(state: dict[str, Any], source: str = "checkpoint") -> GPTConfig:
+    """The GPTConfig a checkpoint's model was made with; a clear error for one this code cannot build."""
     try:
-        config = GPTConfig(**state["config"])
-    except TypeError as e:
+        return GPTConfig(**state["config"])
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: bad model config {state['config']!r}: {e}") from None
-    model = GPT(config)
+
+
+def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> GPT:
+    model = GPT(config_of(state, source))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -17,9 +17,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> Optional[str]:
         help_text = action.help or ""
-        if "default" in help_text or action.default in (None, "", argparse.SUPPRESS) or not action.option_strings:
-            return help_text
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)  # --x alone: no value
+        if "default" in help_text or action.default in (None, "", argparse.SUPPRESS) or not action.option_strings \
+                or switch:
             return help_text
         return help_text + " (default: %(default)s)"
 

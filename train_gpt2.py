@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from checkpoint import (  # noqa: E402
     checkpoint_path,
+    config_of,
     list_checkpoints,
     load_checkpoint,
     load_model,
@@ -281,7 +282,8 @@ def resume_changes(cfg: TrainConfig, state: dict[str, Any], path: Path) -> list[
     saved = state.get("train_config") or {}
     fixed = RESUME_FIXED + (("seed",) if saved.get("shuffle") else ())  # the seed orders a shuffled stream
     ours = dataclasses.asdict(cfg)
-    refused = shape_conflicts(cfg, GPTConfig(**state["config"]), with_defaults=not cfg.init_from)
+    saved_shape = config_of(state, str(path))
+    refused = shape_conflicts(cfg, saved_shape, with_defaults=not cfg.init_from)
     changed = []
     for name, old in saved.items():
         if name not in ours or name in RESUME_IGNORED or ours[name] == old:
@@ -292,7 +294,7 @@ def resume_changes(cfg: TrainConfig, state: dict[str, Any], path: Path) -> list[
     if refused:
         raise ValueError(
             f"cannot resume {path} with this command: {'; '.join(refused)} would change the model or its data "
-            f"(checkpoint: {describe_shape(GPTConfig(**state['config']))}); rerun with the checkpoint's values, or "
+            f"(checkpoint: {describe_shape(saved_shape)}); rerun with the checkpoint's values, or "
             f"pass another --run-dir to start a new run"
         )
     return changed

@@ -55,7 +55,7 @@ def reference(shards, tmp_path_factory):
     return run_dir
 
 
-def signal_on_call(monkeypatch, name, call, signum, before=True):
+def signal_on_call(monkeypatch, name, call, signum):
     """Make train_gpt2.`name` send this process `signum` on its `call`-th call (counting from 1)."""
     real, calls = getattr(train_gpt2, name), {"n": 0}
 
