@@ -12,6 +12,8 @@ A checkpoint is a dict of tensors and plain Python values, so torch.load(..., we
   rng           Python, numpy, torch and CUDA generator states
   val_loss      the newest validation loss (None before the first)
   evaluated     whether the evaluations due at `step` are done (False when a stop cut them short)
+  evaluation    their scalars ({"val/loss": ..., "hellaswag/acc_norm": ...}), which a resumed run's live metrics
+                show again
 A model alone (sample.py, export) needs only model and config.
 """
 
@@ -27,8 +29,11 @@ import torch
 from cli import first_line
 from files import atomic_file, remove_stale_temporaries
 from model import GPT, HF_MODEL_NAMES, GPTConfig
+from network import hub_unreachable
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d{6,})\.pt$")
+HUB_ADVICE = ("On a machine that is online run GPT2LMHeadModel.from_pretrained({name!r}).save_pretrained('DIR'), "
+              "copy DIR here and pass its path")
 
 
 def checkpoint_path(run_dir: Union[str, Path], step: int) -> Path:
@@ -113,6 +118,7 @@ def training_state(
     step: int,
     val_loss: Optional[float],
     evaluated: bool,
+    evaluation: dict[str, float],
     train_config: dict[str, Any],
 ) -> dict[str, Any]:
     """Everything a run needs to continue exactly where it is, in the format above. `model` is the plain model, not
@@ -127,6 +133,7 @@ def training_state(
         "rng": rng_state(),
         "val_loss": val_loss,
         "evaluated": evaluated,
+        "evaluation": dict(evaluation),
     }
     if scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
@@ -135,8 +142,8 @@ def training_state(
 
 def restore_training_state(
     state: dict[str, Any], model: GPT, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader
-) -> tuple[int, Optional[float], bool]:
-    """Load a training_state into the run's objects; return (step, val_loss, evaluated)."""
+) -> tuple[int, Optional[float], bool, dict[str, float]]:
+    """Load a training_state into the run's objects; return (step, val_loss, evaluated, evaluation)."""
     for key in ("optimizer", "step", "loader", "rng"):
         if key not in state:
             raise ValueError(f"the checkpoint holds a model but no training state ({key!r} is missing) to resume")
@@ -146,7 +153,8 @@ def restore_training_state(
         scaler.load_state_dict(state["scaler"])
     loader.load_state_dict(state["loader"])
     set_rng_state(state["rng"])
-    return int(state["step"]), state.get("val_loss"), bool(state.get("evaluated", True))
+    return (int(state["step"]), state.get("val_loss"), bool(state.get("evaluated", True)),
+            dict(state.get("evaluation") or {}))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -170,27 +178,55 @@ def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> 
     return model
 
 
-def load_model(init: str, device: Union[str, torch.device] = "cpu") -> GPT:
-    """--init for every script: our checkpoint (.pt), a save_pretrained directory, or a GPT-2 hub name."""
+def resolve_init(init: str) -> str:
+    """A run directory stands for its newest checkpoint; anything else is returned as it is."""
     path = Path(init)
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = list_checkpoints(path)
+        if not found:
+            raise FileNotFoundError(f"{init} holds neither checkpoints (ckpt_NNNNNN.pt) nor a Hugging Face model "
+                                    f"(config.json)")
+        return str(found[-1])
+    return init
+
+
+def load_model(init: str, device: Union[str, torch.device] = "cpu") -> GPT:
+    """--init for every script: our checkpoint (.pt), a run directory (its newest checkpoint), a save_pretrained
+    directory, or a GPT-2 hub name (from the Hugging Face cache when the hub cannot be reached)."""
+    path = Path(resolve_init(init))
     if path.is_file():
         model = model_from_checkpoint(load_checkpoint(path), source=str(path))
     elif path.is_dir():
-        model = GPT.from_pretrained(init)
+        model = GPT.from_pretrained(str(path))
     elif init in HF_MODEL_NAMES:
-        try:
-            model = GPT.from_pretrained(init)
-        except Exception as e:  # offline, hub down, no disk space ...
-            raise OSError(
-                f"could not fetch {init!r} from the Hugging Face hub ({first_line(e)}). Offline? On a machine that "
-                f"is online run GPT2LMHeadModel.from_pretrained({init!r}).save_pretrained('DIR'), copy DIR here and "
-                f"pass its path instead"
-            ) from None
+        model = model_from_hub(init)
     elif init.endswith(".pt") or "/" in init or "\\" in init:
         raise FileNotFoundError(f"no such checkpoint or directory: {init}")
     else:
         raise ValueError(
-            f"unknown model {init!r}: pass a checkpoint (.pt), a Hugging Face GPT-2 directory, "
+            f"unknown model {init!r}: pass a checkpoint (.pt), a run directory, a Hugging Face GPT-2 directory, "
             f"or one of {', '.join(HF_MODEL_NAMES)}"
         )
     return model.to(device)
+
+
+def model_from_hub(name: str) -> GPT:
+    """OpenAI's GPT-2 weights from the Hugging Face hub, or from its local cache when the hub is out of reach (in
+    seconds: the probe comes before transformers' retries)."""
+    offline = hub_unreachable()
+    if offline and not in_hub_cache(name):
+        raise OSError(
+            f"could not load {name!r}: the hub cannot be reached ({offline}) and it is not in the Hugging Face "
+            f"cache. {HUB_ADVICE.format(name=name)}"
+        )
+    try:
+        return GPT.from_pretrained(name, local_files_only=offline is not None)
+    except Exception as e:  # a broken cache entry, hub down, no disk space ...
+        raise OSError(f"could not load {name!r} ({first_line(e)}). {HUB_ADVICE.format(name=name)}") from None
+
+
+def in_hub_cache(name: str) -> bool:
+    """Whether a hub model's config is in the local Hugging Face cache (without importing transformers)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)

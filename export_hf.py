@@ -13,17 +13,29 @@ from typing import Optional, Union
 
 from checkpoint import load_model
 from cli import ArgumentParser, first_line, run_cli
-from tokenizer import N_VOCAB, gpt2_vocab_and_merges
+from tokenizer import EOT_ID, N_VOCAB, gpt2_vocab_and_merges
 
 
-def write_tokenizer(out_dir: Path) -> None:
-    """GPT-2's vocab.json and merges.txt, rebuilt from the bundled ranks, plus transformers' tokenizer files."""
+def write_tokenizer(out_dir: Path, context: int) -> None:
+    """GPT-2's vocab.json and merges.txt, rebuilt from the bundled ranks, plus transformers' tokenizer files, with
+    the model's context as the tokenizer's longest input."""
     from transformers import GPT2Tokenizer
 
     vocab, merges = gpt2_vocab_and_merges()
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    GPT2Tokenizer.from_pretrained(out_dir).save_pretrained(out_dir)  # adds tokenizer_config.json etc.
+    tokenizer = GPT2Tokenizer.from_pretrained(out_dir, model_max_length=context)
+    tokenizer.save_pretrained(out_dir)  # adds tokenizer_config.json etc.
+
+
+def fit_generation_config(hf, context: int) -> None:
+    """Generation defaults that fit the model: at most its context in all (transformers' text-generation pipeline
+    otherwise asks for 256 new tokens, past a small model's position table), sampling as OpenAI's gpt2 config
+    does, and <|endoftext|> for padding."""
+    generation = hf.generation_config
+    generation.max_length = context
+    generation.do_sample = True
+    generation.bos_token_id = generation.eos_token_id = generation.pad_token_id = EOT_ID
 
 
 def export_hf(init: Union[str, Path], out_dir: Union[str, Path], vocab_size: int = N_VOCAB) -> Path:
@@ -33,10 +45,11 @@ def export_hf(init: Union[str, Path], out_dir: Union[str, Path], vocab_size: int
         hf = model.to_hf(vocab_size)
     except ValueError as e:
         raise ValueError(f"{init}: {e}") from None
+    fit_generation_config(hf, model.config.block_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(out_dir, safe_serialization=True)
-    write_tokenizer(out_dir)
+    write_tokenizer(out_dir, model.config.block_size)
     return out_dir
 
 

@@ -63,3 +63,18 @@ def remove_stale_temporaries(directory: Union[str, Path], pattern: re.Pattern) -
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def no_empty_directory_on_failure(directory: Union[str, Path]) -> Iterator[Path]:
+    """For work that creates `directory` (and its missing parents): if it fails, the directories it created and left
+    empty are removed again, so a failed command leaves nothing behind."""
+    directory = Path(directory)
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
+    try:
+        yield directory
+    except BaseException:
+        for path in missing:
+            with contextlib.suppress(OSError):  # not empty, or already gone
+                path.rmdir()
+        raise

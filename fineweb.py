@@ -26,7 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from cli import ArgumentParser, first_line, non_negative_int, positive_int, run_cli
-from files import atomic_file, remove_stale_temporaries
+from files import atomic_file, no_empty_directory_on_failure, remove_stale_temporaries
+from network import hub_endpoint, offline_switch, unreachable
 from tokenizer import EOT_ID, VOCAB_SHA256, get_tokenizer
 
 FINEWEB_DATASET = "HuggingFaceFW/fineweb-edu"
@@ -100,6 +101,9 @@ def iter_local_documents(files: list[str], text_field: str) -> Iterator[str]:
 
 def iter_hub_documents(source: Source, streaming: bool, start: int) -> Iterator[str]:
     """Documents of a Hugging Face dataset from index `start` on."""
+    if not offline_switch() and (reason := unreachable(hub_endpoint())):  # with a switch set: the local cache
+        raise OSError(f"cannot reach the Hugging Face hub for {source.dataset}: {reason}. Offline? Use --input "
+                      f"with local .txt/.jsonl/.parquet files")
     from datasets import load_dataset
 
     try:
@@ -189,18 +193,37 @@ def write_manifest(out_dir: Path, manifest: dict) -> None:
         f.write((json.dumps(manifest, indent=1) + "\n").encode())
 
 
+SETTING_FLAGS = {"files": "--input", "text_field": "--text-field", "dataset": "--dataset", "config": "--config",
+                 "split": "--split", "prefix": "--prefix", "shard_size": "--shard-size", "val_tokens": "--val-tokens"}
+
+
+def settings_differences(old: dict, new: dict) -> list[str]:
+    """'--flag: OLD before, NEW now' for each setting that differs (the source's fields flattened)."""
+    def flat(settings: dict) -> dict:
+        return {**{k: v for k, v in settings.items() if k != "source"}, **settings.get("source", {})}
+
+    old, new = flat(old), flat(new)
+    return [f"{SETTING_FLAGS.get(key, key)}: {old.get(key)!r} before, {new.get(key)!r} now"
+            for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+
+
 def start_or_resume(out_dir: Path, settings: dict) -> dict:
-    """The manifest to continue from: a fresh one, or the one left by an earlier run with the same settings."""
+    """The manifest to continue from: a fresh one, or the one left by an earlier run with the same settings. An
+    unfinished run with other settings is started over (its shards replaced); a finished one is refused."""
     path = out_dir / MANIFEST
     ours = re.compile(rf"^({re.escape(settings['prefix'])}_.+\.npy|{re.escape(MANIFEST)})$")
     remove_stale_temporaries(out_dir, ours)  # what a killed run was writing
     if path.exists():
         manifest = json.loads(path.read_text())
-        if manifest.get("settings") != settings:
-            raise ValueError(
-                f"{out_dir} holds shards made with other settings ({manifest.get('settings')}); "
-                f"choose another --out or delete that directory"
-            )
+        if differences := settings_differences(manifest.get("settings", {}), settings):
+            if manifest.get("complete"):
+                raise ValueError(f"{out_dir} holds a finished tokenization with other settings "
+                                 f"({'; '.join(differences)}); choose another --out or delete that directory")
+            print(f"{out_dir}: an unfinished run with other settings ({'; '.join(differences)}) is started over")
+            for shard in manifest["shards"]:
+                (out_dir / shard["name"]).unlink(missing_ok=True)
+            path.unlink()
+            return start_or_resume(out_dir, settings)
         for shard in manifest["shards"]:
             if not (out_dir / shard["name"]).is_file():
                 raise ValueError(f"{out_dir / shard['name']} is listed in {path} but missing; delete {out_dir}")
@@ -222,7 +245,13 @@ def build_shards(
     """Tokenize the source into shards in out_dir (resuming an earlier run); return the finished manifest."""
     if val_tokens is None:
         val_tokens = default_val_tokens(source, shard_size)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with no_empty_directory_on_failure(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return write_shards(source, out_dir, prefix, shard_size, val_tokens, workers, streaming)
+
+
+def write_shards(source: Source, out_dir: Path, prefix: str, shard_size: int, val_tokens: int, workers: int,
+                 streaming: bool) -> dict:
     settings = {
         "source": asdict(source),
         "prefix": prefix,
@@ -245,22 +274,22 @@ def build_shards(
     buffer = np.empty(capacity(), dtype=np.uint16)
     fill = 0
     first_doc, skip = manifest["next"]["document"], manifest["next"]["offset"]
-    bar = tqdm(desc=f"tokenizing -> {out_dir}", unit="tok", unit_scale=True, initial=written, dynamic_ncols=True,
-               total=expected_tokens(source))
     documents = iter_documents(source, streaming, first_doc)
     doc_index = first_doc - 1
-    for doc_index, tokens in enumerate(tokenized_stream(documents, workers), start=first_doc):
-        pos = skip if doc_index == first_doc else 0  # the start of a resumed document went to the last shard
-        while pos < len(tokens):
-            take = min(len(buffer) - fill, len(tokens) - pos)
-            buffer[fill : fill + take] = tokens[pos : pos + take]
-            fill, pos = fill + take, pos + take
-            bar.update(take)
-            if fill == len(buffer):
-                resume_at = {"document": doc_index, "offset": pos} if pos < len(tokens) else None
-                written = finish_shard(out_dir, manifest, buffer, written, val_tokens, doc_index + 1, resume_at)
-                buffer, fill = np.empty(capacity(), dtype=np.uint16), 0
-    bar.close()
+    # closed on an error too, so the error's line starts on a line of its own
+    with tqdm(desc=f"tokenizing -> {out_dir}", unit="tok", unit_scale=True, initial=written, dynamic_ncols=True,
+              total=expected_tokens(source)) as bar:
+        for doc_index, tokens in enumerate(tokenized_stream(documents, workers), start=first_doc):
+            pos = skip if doc_index == first_doc else 0  # the start of a resumed document went to the last shard
+            while pos < len(tokens):
+                take = min(len(buffer) - fill, len(tokens) - pos)
+                buffer[fill : fill + take] = tokens[pos : pos + take]
+                fill, pos = fill + take, pos + take
+                bar.update(take)
+                if fill == len(buffer):
+                    resume_at = {"document": doc_index, "offset": pos} if pos < len(tokens) else None
+                    written = finish_shard(out_dir, manifest, buffer, written, val_tokens, doc_index + 1, resume_at)
+                    buffer, fill = np.empty(capacity(), dtype=np.uint16), 0
     if fill:
         written = finish_shard(out_dir, manifest, buffer[:fill], written, val_tokens, doc_index + 1, None)
     if written == 0:

@@ -23,11 +23,13 @@ from tqdm import tqdm
 
 from cli import ArgumentParser, first_line, positive_int, run_cli
 from common import add_device_flags, autocast, device_and_dtype
-from files import atomic_file
+from files import atomic_file, no_empty_directory_on_failure
+from network import unreachable
 from tokenizer import get_tokenizer
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val")
+HIDDEN_LABELS = "HellaSwag's test split hides its labels (they are empty), so it cannot be scored; use val"
 DEFAULT_CACHE = Path(__file__).resolve().parent / "hellaswag"
 
 
@@ -35,30 +37,49 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HELLASWAG_CACHE", DEFAULT_CACHE))
 
 
-def download(split: str, directory: Optional[Path] = None) -> Path:
-    """hellaswag_{split}.jsonl in the cache, downloaded once (atomically, with a progress bar)."""
+def check_split(split: str) -> None:
+    if split == "test":
+        raise ValueError(f"split 'test': {HIDDEN_LABELS}")
     if split not in SPLITS:
         raise ValueError(f"unknown HellaSwag split {split!r}; choose from {', '.join(SPLITS)}")
+
+
+def download(split: str, directory: Optional[Path] = None, path_flag: str = "--data") -> Path:
+    """hellaswag_{split}.jsonl in the cache, downloaded once (atomically, with a progress bar). Offline, the error
+    comes in seconds, names `path_flag` (how the calling script takes a local file) and leaves no directory."""
+    check_split(split)
     directory = directory or cache_dir()
     path = directory / f"hellaswag_{split}.jsonl"
     if path.is_file():
         return path
     url = URL.format(split=split)
+    advice = f"put hellaswag_{split}.jsonl in {directory} or pass its path with {path_flag}"
+    if reason := unreachable(url):
+        raise OSError(f"cannot download HellaSwag: {reason}; {advice}")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        # atomic_file's per-process temporary name: ranks may download at once
-        with urllib.request.urlopen(url, timeout=30) as response, atomic_file(path) as f:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {path.name}") as bar:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
+        with no_empty_directory_on_failure(directory):
+            directory.mkdir(parents=True, exist_ok=True)
+            # atomic_file's per-process temporary name: ranks may download at once
+            with urllib.request.urlopen(url, timeout=30) as response, atomic_file(path) as f:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {path.name}") as bar:
+                    while chunk := response.read(1 << 20):
+                        f.write(chunk)
+                        bar.update(len(chunk))
     except (urllib.error.URLError, OSError) as e:
-        raise OSError(
-            f"could not download {url} ({getattr(e, 'reason', e)}); offline? put hellaswag_{split}.jsonl in "
-            f"{directory} or pass its path with --data"
-        ) from None
+        raise OSError(f"could not download {url} ({getattr(e, 'reason', e)}); {advice}") from None
     return path
+
+
+def parse_label(label: Any, where: str) -> int:
+    """The index of the right ending: an integer, or its decimal string as in the Hugging Face dataset's export."""
+    if isinstance(label, str) and label.strip().isdigit():
+        label = int(label)
+    if label in ("", None):
+        raise ValueError(f"{where}: no label; {HIDDEN_LABELS}")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 3:
+        raise ValueError(f"{where}: 'label' must be an integer in 0..3, got {label!r}")
+    return label
 
 
 def parse_example(line: str, where: str) -> dict[str, Any]:
@@ -68,22 +89,21 @@ def parse_example(line: str, where: str) -> dict[str, Any]:
         raise ValueError(f"{where}: bad JSON ({e.msg})") from None
     if not isinstance(example, dict):
         raise ValueError(f"{where}: expected a JSON object")
-    for field in ("ctx", "endings", "label"):
+    for field in ("ctx", "endings"):
         if field not in example:
             raise ValueError(f"{where}: missing field {field!r}")
-    endings, label = example["endings"], example["label"]
+    endings = example["endings"]
     if not isinstance(example["ctx"], str):
         raise ValueError(f"{where}: 'ctx' must be a string")
     if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) for e in endings):
         raise ValueError(f"{where}: 'endings' must be a list of exactly 4 strings")
-    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 3:
-        raise ValueError(f"{where}: 'label' must be an integer in 0..3, got {label!r}")
-    return {"ctx": example["ctx"], "endings": endings, "label": label}
+    return {"ctx": example["ctx"], "endings": endings, "label": parse_label(example.get("label"), where)}
 
 
-def load_examples(split: str = "val", path: Optional[str] = None, limit: Optional[int] = None) -> list[dict]:
+def load_examples(split: str = "val", path: Optional[str] = None, limit: Optional[int] = None,
+                  path_flag: str = "--data") -> list[dict]:
     """Examples from a local file, or from the cache (downloading once); malformed lines name their number."""
-    file = Path(path) if path else download(split)
+    file = Path(path) if path else download(split, path_flag=path_flag)
     if not file.is_file():
         raise FileNotFoundError(f"HellaSwag file not found: {file}")
     examples = []
@@ -151,12 +171,17 @@ def score_examples(
 def parse_args(argv: Optional[list[str]] = None):
     parser = ArgumentParser(description=first_line(__doc__))
     parser.add_argument("-m", "--model", default="gpt2", help="checkpoint .pt, Hugging Face GPT-2 directory, hub name")
-    parser.add_argument("--split", default="val", choices=SPLITS, help="which HellaSwag split")
+    parser.add_argument("--split", default="val", help=f"which HellaSwag split: {', '.join(SPLITS)} (test's labels "
+                                                       f"are hidden)")
     parser.add_argument("--data", default=None, help="a local hellaswag_{split}.jsonl instead of the cached download")
     parser.add_argument("--limit", type=positive_int, default=None, help="score only the first N examples")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per forward pass")
     add_device_flags(parser)
     args = parser.parse_args(argv)
+    try:
+        check_split(args.split)
+    except ValueError as e:
+        parser.error(f"--split {args.split}: {str(e).split(': ', 1)[1]}")
     args.device, args.dtype = device_and_dtype(parser, args.device, args.dtype)
     return args
 

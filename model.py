@@ -230,8 +230,9 @@ class GPT(nn.Module):
     # Hugging Face weights
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str) -> "GPT":
-        """Load GPT-2 weights: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a save_pretrained dir.
+    def from_pretrained(cls, name_or_path: str, local_files_only: bool = False) -> "GPT":
+        """Load GPT-2 weights: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a save_pretrained dir;
+        local_files_only: a hub name from the Hugging Face cache only.
 
         A failed hub download raises transformers' own exception; checkpoint.load_model turns it into advice."""
         from transformers import GPT2LMHeadModel  # heavy import, only needed here
@@ -243,7 +244,7 @@ class GPT(nn.Module):
             except Exception as e:  # transformers raises several types for a broken directory
                 raise ValueError(f"{path} is not a readable Hugging Face GPT-2 directory: {e}") from None
         elif name_or_path in HF_MODEL_NAMES:
-            hf = GPT2LMHeadModel.from_pretrained(name_or_path)  # from the hub (or its local cache)
+            hf = GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=local_files_only)  # hub or cache
         else:
             raise ValueError(
                 f"unknown model {name_or_path!r}: expected one of {', '.join(HF_MODEL_NAMES)} "

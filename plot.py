@@ -22,6 +22,9 @@ GPT3_124M_HELLASWAG = 0.337
 EVENT_LINE = re.compile(r"^(\d+) (train|val|hella|lr|norm) (\S+)$")
 KINDS = ("train", "val", "hella", "lr", "norm")
 FIGURE_SIZE = (14, 9)  # inches
+DEFAULT_OUT = "run.png"
+SMOOTHING_FRACTION = 50  # the automatic EMA window is the run's length divided by this ...
+MAX_SMOOTHING_WINDOW = 100  # ... up to this many steps
 DPI = 100
 
 
@@ -49,6 +52,21 @@ def find_log(path: Union[str, Path]) -> Path:
     return path
 
 
+def auto_smoothing(points: int) -> float:
+    """The EMA factor for a curve of `points` steps: an average over about a fiftieth of the run (at most 100
+    steps), so a 150-step run lags by ~2 steps rather than a fixed 0.9's ~9, and a 19,073-step one is still smooth."""
+    window = min(max(points / SMOOTHING_FRACTION, 1.0), MAX_SMOOTHING_WINDOW)
+    return 1.0 - 1.0 / window
+
+
+def output_path(out: Union[str, Path]) -> Path:
+    """-o as given, with .png added when it has no extension; a directory gets DEFAULT_OUT inside it."""
+    path = Path(out)
+    if path.is_dir() or str(out).endswith(("/", "\\")):
+        return path / DEFAULT_OUT
+    return path if path.suffix else path.with_name(path.name + ".png")
+
+
 def smooth(values: list[float], alpha: float) -> list[float]:
     """Exponential moving average, bias-corrected so the first points are not pulled towards zero."""
     out, avg = [], 0.0
@@ -58,9 +76,10 @@ def smooth(values: list[float], alpha: float) -> list[float]:
     return out
 
 
-def plot_runs(logs: dict[str, dict[str, list[tuple[int, float]]]], out: Union[str, Path], smoothing: float = 0.9,
-              baselines: bool = True) -> list[str]:
-    """Draw the four panels for every run into one PNG; return notes on what was missing."""
+def plot_runs(logs: dict[str, dict[str, list[tuple[int, float]]]], out: Union[str, Path],
+              smoothing: Optional[float] = None, baselines: bool = True) -> list[str]:
+    """Draw the four panels for every run into one image (smoothing None: auto_smoothing for each run's length);
+    return notes on what was missing."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -74,7 +93,8 @@ def plot_runs(logs: dict[str, dict[str, list[tuple[int, float]]]], out: Union[st
         if ev["train"]:
             steps, values = zip(*ev["train"])
             ax_loss.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-            ax_loss.plot(steps, smooth(list(values), smoothing), color=color, label=f"{name} train (smoothed)")
+            alpha = auto_smoothing(len(values)) if smoothing is None else smoothing
+            ax_loss.plot(steps, smooth(list(values), alpha), color=color, label=f"{name} train (EMA {alpha:.2f})")
         else:
             notes.append(f"{name}: no train lines yet")
         if ev["val"]:
@@ -116,13 +136,16 @@ def plot_runs(logs: dict[str, dict[str, list[tuple[int, float]]]], out: Union[st
 def parse_args(argv: Optional[list[str]] = None):
     parser = ArgumentParser(description=first_line(__doc__))
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_LOG", help="run directories or log.txt files")
-    parser.add_argument("-o", "--out", default="run.png", help="the PNG to write")
-    parser.add_argument("--smoothing", type=non_negative_float, default=0.9, help="EMA factor of the train loss")
+    parser.add_argument("-o", "--out", default=DEFAULT_OUT,
+                        help="the image to write (.png added when there is no extension; a directory: run.png in it)")
+    parser.add_argument("--smoothing", type=non_negative_float, default=None,
+                        help="EMA factor of the train loss; default: from the run's length (0.67 for 150 steps, 0.99 "
+                             "from 5,000)")
     parser.add_argument("--no-baselines", dest="baselines", action="store_false",
                         help="leave out the GPT-2 / GPT-3 reference lines (for runs not on FineWeb-Edu)")
     parser.add_argument("--max-label", type=positive_int, default=40, help="longest run name in the legend")
     args = parser.parse_args(argv)
-    if args.smoothing >= 1:
+    if args.smoothing is not None and args.smoothing >= 1:
         parser.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
     return args
 
@@ -138,10 +161,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         logs[name] = parse_log(path)
         if not any(logs[name].values()):
             raise ValueError(f"{path} holds no training events ('STEP train LOSS' lines)")
-    notes = plot_runs(logs, args.out, args.smoothing, args.baselines)
+    out = output_path(args.out)
+    notes = plot_runs(logs, out, args.smoothing, args.baselines)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ from common import (  # noqa: E402
     synchronize,
 )
 from dataloader import ShardLoader, list_shards  # noqa: E402
+from metrics import Metrics, check_wandb_installed  # noqa: E402
 from model import GPT, PADDED_VOCAB_SIZE, PRESETS, GPTConfig, config_from_preset  # noqa: E402
 from sample import sample_texts  # noqa: E402
 from tokenizer import N_VOCAB  # noqa: E402
@@ -142,6 +143,12 @@ class TrainConfig:
     dtype: str = option(**DTYPE_FLAG)
     compile: Optional[bool] = option(None, "torch.compile the model; default: on CUDA only")
     peak_flops: float = option(0.0, "per-device peak FLOP/s for MFU; 0: known GPUs only", non_negative)
+    tensorboard: bool = option(True, "TensorBoard event files in the run directory (tensorboard --logdir RUN_DIR)")
+    wandb_project: str = option("", "also log the metrics to this Weights & Biases project (needs wandb; "
+                                    "WANDB_MODE=offline keeps them on disk)")
+    eval_only: bool = option(False, "evaluate and exit: the val loss (on --val-tokens) and, where its data is at "
+                                    "hand, HellaSwag of --init-from's model, else of --run-dir's newest checkpoint; "
+                                    "printed and appended to --run-dir's log.txt")
     dist_timeout: float = option(300.0, "seconds a rank waits for the others in a collective before the run ends "
                                         "with an error (a dead or frozen peer)", positive)
 
@@ -156,9 +163,10 @@ class TrainConfig:
                              f"(--max-steps {self.max_steps})")
         if self.model is not None and self.model not in PRESETS:
             raise ValueError(f"--model {self.model!r}: choose from {', '.join(PRESETS)}")
-        if not self.init_from:  # the shape of --init-from's weights is known once they are loaded
+        if not self.init_from and not self.eval_only:  # the shape of weights is known once they are loaded
             model_config(self)
-        gradient_accumulation_steps(self, world_size)
+        if not self.eval_only:
+            gradient_accumulation_steps(self, world_size)
         if self.val_tokens < self.micro_batch_size * self.seq_len:
             raise ValueError(f"--val-tokens {self.val_tokens} is less than one micro-batch (--micro-batch-size x "
                              f"--seq-len = {self.micro_batch_size * self.seq_len})")
@@ -167,9 +175,12 @@ class TrainConfig:
             pick_dtype(device, self.dtype)
         except ValueError as e:
             raise ValueError(f"--dtype {self.dtype} on {device}: {e}") from None
+        if self.wandb_project:
+            check_wandb_installed()
         if self.data_dir != QUICKSTART_DATA:
             try:
-                list_shards(self.data_dir, "train"), list_shards(self.data_dir, "val")
+                for split in ("val",) if self.eval_only else ("train", "val"):
+                    list_shards(self.data_dir, split)
             except FileNotFoundError as e:
                 raise ValueError(f"--data-dir: {e}") from None
 
@@ -395,13 +406,14 @@ def distributed_failure(e: BaseException, ddp: Dist, timeout_seconds: float) -> 
 
 
 class RunLog:
-    """The console (master rank) and the run's append-only log.txt."""
+    """What the master rank tells: the console, the run's append-only log.txt and, once opened, the live metrics
+    (TensorBoard, W&B)."""
 
     def __init__(self, run_dir: Path, enabled: bool):
         self.enabled = enabled
-        self.path = run_dir / "log.txt"
-        if enabled:
-            run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics: Optional[Metrics] = None
+        self.path = run_dir / "log.txt"  # created with its directory by the first record, so a run that fails
+        # before it has anything to say (an unreachable hub, a bad flag) leaves no empty directory behind
 
     def say(self, text: str) -> None:
         if self.enabled:
@@ -410,12 +422,25 @@ class RunLog:
     def record(self, line: str) -> None:
         """One line of log.txt: '{step} {kind} {value}' events, or '#' comments."""
         if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 f.write(line.replace("\n", "\\n") + "\n")
 
     def both(self, text: str) -> None:
         self.say(text)
         self.record("# " + text)
+
+    def open_metrics(self, cfg: TrainConfig, start_step: int, resuming: bool, config: dict[str, Any]) -> None:
+        if self.enabled and (cfg.tensorboard or cfg.wandb_project):
+            self.metrics = Metrics(self.path.parent, start_step, cfg.tensorboard, cfg.wandb_project, resuming, config)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.metrics is not None:
+            self.metrics.log(step, values)
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def describe_environment() -> list[str]:
@@ -451,7 +476,8 @@ def format_duration(seconds: float) -> str:
 
 
 def run_summary(cfg: TrainConfig, model: GPT, ddp: Dist, grad_accum: int, start_step: int, device: torch.device,
-                dtype: torch.dtype, use_compile: bool, train_loader: ShardLoader, val_windows: int) -> list[str]:
+                dtype: torch.dtype, use_compile: bool, train_loader: ShardLoader, val_windows: int,
+                hellaswag_status: str) -> list[str]:
     """The block printed at the start of a run: what will be trained, on what, for how long, and where it goes."""
     tokens_per_step = cfg.total_batch_size  # = B x T x grad_accum x world size, checked by gradient_accumulation_steps
     when = [f"every {cfg.checkpoint_interval:,} steps"] if cfg.checkpoint_interval else []
@@ -469,6 +495,7 @@ def run_summary(cfg: TrainConfig, model: GPT, ddp: Dist, grad_accum: int, start_
         f"  data        {cfg.data_dir}: {len(train_loader.paths)} train shards; validation on "
         f"{val_windows * cfg.micro_batch_size * cfg.seq_len:,} val tokens ({val_windows} windows of "
         f"{cfg.micro_batch_size} x {cfg.seq_len})",
+        f"  HellaSwag   {hellaswag_status}",
         f"  precision   {device}, {precision}, compile {'on' if use_compile else 'off'}",
         f"  run dir     {cfg.run_dir}: log.txt, checkpoints {', '.join(when + ['at the end'])} and on Ctrl-C or "
         f"SIGTERM (newest {cfg.keep_checkpoints or 'all'} kept)",
@@ -496,14 +523,21 @@ class StepTimer:
         recent = self.times[1:][-20:] or self.times  # the first step includes compilation
         return sum(recent) / len(recent)
 
+    def rates(self) -> dict[str, float]:
+        """The newest step's tokens/s and, where the device's peak is known, MFU in percent."""
+        tokens_per_sec = self.tokens_per_step / self.times[-1]
+        rates = {"perf/tokens_per_sec": tokens_per_sec}
+        if self.peak_flops:
+            rates["perf/mfu_percent"] = 100 * self.flops_per_token * tokens_per_sec / self.world_size / self.peak_flops
+        return rates
+
     def report(self, steps_left: int) -> str:
         """'tok/s ... | MFU ... | ETA ...' of the newest step."""
-        tokens_per_sec = self.tokens_per_step / self.times[-1]
-        mfu = "n/a"
-        if self.peak_flops:
-            mfu = f"{100 * self.flops_per_token * tokens_per_sec / self.world_size / self.peak_flops:.1f}%"
+        rates = self.rates()
+        mfu = f"{rates['perf/mfu_percent']:.1f}%" if "perf/mfu_percent" in rates else "n/a"
         eta = format_duration(steps_left * self.seconds_per_step())
-        return f"dt {1000 * self.times[-1]:.0f}ms | tok/s {tokens_per_sec:,.0f} | MFU {mfu} | ETA {eta}"
+        return (f"dt {1000 * self.times[-1]:.0f}ms | tok/s {rates['perf/tokens_per_sec']:,.0f} | MFU {mfu} | "
+                f"ETA {eta}")
 
     def projection(self, steps_left: int) -> Optional[str]:
         """Once, after the first PROJECTION_STEPS timed steps: the run's speed and time to finish."""
@@ -547,17 +581,20 @@ def evaluate_loss(model: torch.nn.Module, loader: ShardLoader, windows: int, ddp
     return None if abandoned else total / windows
 
 
-def load_hellaswag(cfg: TrainConfig, log: RunLog) -> Optional[list[dict]]:
-    """The HellaSwag val examples, or None (said once) when turned off or missing."""
+def load_hellaswag(cfg: TrainConfig) -> tuple[Optional[list[dict]], str]:
+    """The HellaSwag val examples (None when off) and a line for the run summary; off, saying why, when the default
+    download is out of reach. A --hellaswag-path that cannot be read stops the run: it was asked for."""
     if not cfg.hellaswag_interval:
-        return None
+        return None, "off (--hellaswag-interval 0)"
     from hellaswag import load_examples
 
     try:
-        return load_examples("val", cfg.hellaswag_path or None)
+        examples = load_examples("val", cfg.hellaswag_path or None, path_flag="--hellaswag-path")
     except (OSError, ValueError) as e:
-        log.both(f"HellaSwag is off for this run: {e}")
-        return None
+        if cfg.hellaswag_path:
+            raise type(e)(f"--hellaswag-path: {e}") from None
+        return None, f"off for this run: {e}"
+    return examples, f"{len(examples):,} val examples every {cfg.hellaswag_interval:,} steps"
 
 
 @torch.no_grad()
@@ -587,32 +624,39 @@ def due(interval: int, step: int, last: bool) -> bool:
 
 def run_evaluations(step: int, last: bool, cfg: TrainConfig, model: GPT, compiled: torch.nn.Module,
                     val_loader: ShardLoader, val_windows: int, hellaswag: Optional[list[dict]], ddp: Dist,
-                    log: RunLog, stop: StopRequest, device: torch.device) -> tuple[bool, Optional[float]]:
+                    log: RunLog, stop: StopRequest, device: torch.device) -> Optional[dict[str, float]]:
     """The evaluations due at `step` (val loss, HellaSwag, samples), run under the caller's autocast and logged
-    together once all are done: (done, val loss or None). Cut short by a stop request: (False, None), nothing
-    logged, so a resumed run does them again."""
-    events, texts = [], []
-    val_loss = None
+    together once all are done: their scalars ("val/loss", "hellaswag/acc_norm"; {} when none is due). Cut short by
+    a stop request: None, nothing logged, so a resumed run does them again."""
+    scalars, texts = {}, []
     if last or due(cfg.eval_interval, step, last):  # validation also ends every run
         val_loss = evaluate_loss(compiled, val_loader, val_windows, ddp, stop)
         if val_loss is None:
-            return False, None
-        events.append((f"step {step:5d} | val loss {val_loss:.4f}", f"{step} val {val_loss:.4f}"))
+            return None
+        scalars["val/loss"] = val_loss
     if hellaswag is not None and due(cfg.hellaswag_interval, step, last):
         acc_norm = evaluate_hellaswag(model, hellaswag, ddp, device, stop)
         if acc_norm is None:
-            return False, None
-        events.append((f"step {step:5d} | HellaSwag acc_norm {acc_norm:.4f}", f"{step} hella {acc_norm:.4f}"))
+            return None
+        scalars["hellaswag/acc_norm"] = acc_norm
     if ddp.master and step > 0 and due(cfg.sample_interval, step, last):
         texts = sample_texts(model, cfg.sample_prompt, cfg.num_samples, cfg.sample_tokens, device,
                              top_k=SAMPLE_TOP_K, seed=cfg.seed)
-    for console, line in events:
-        log.say(console)
-        log.record(line)
+    log_evaluations(log, step, scalars)
     for i, text in enumerate(texts, start=1):
         log.say(f"sample {i}: {text}")
         log.record(f"# step {step} sample {i}: {text}")
-    return True, val_loss
+    return scalars
+
+
+def log_evaluations(log: RunLog, step: int, scalars: dict[str, float]) -> None:
+    if "val/loss" in scalars:
+        log.say(f"step {step:5d} | val loss {scalars['val/loss']:.4f}")
+        log.record(f"{step} val {scalars['val/loss']:.4f}")
+    if "hellaswag/acc_norm" in scalars:
+        log.say(f"step {step:5d} | HellaSwag acc_norm {scalars['hellaswag/acc_norm']:.4f}")
+        log.record(f"{step} hella {scalars['hellaswag/acc_norm']:.4f}")
+    log.scalars(step, scalars)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -668,6 +712,7 @@ class RunState:
     step: int = 0  # optimizer steps done
     val_loss: Optional[float] = None  # the newest
     evaluated: bool = False  # whether the evaluations due at `step` are done
+    evaluation: dict[str, float] = dataclasses.field(default_factory=dict)  # their scalars, once done
     saved: Optional[tuple[int, bool]] = None  # (step, evaluated) of the newest checkpoint, written or resumed
 
 
@@ -692,9 +737,12 @@ class CheckpointSchedule:
             path = checkpoint_path(cfg.run_dir, state.step)
             save_checkpoint(path, training_state(
                 state.model, state.optimizer, state.scaler, state.train_loader, step=state.step,
-                val_loss=state.val_loss, evaluated=state.evaluated, train_config=dataclasses.asdict(cfg)))
+                val_loss=state.val_loss, evaluated=state.evaluated, evaluation=state.evaluation,
+                train_config=dataclasses.asdict(cfg)))
             prune_checkpoints(cfg.run_dir, cfg.keep_checkpoints)
             log.both(f"saved checkpoint {path}")
+            if log.metrics is not None:
+                log.metrics.flush()  # the curves as far as the checkpoint, whatever happens next
         state.saved, self.last_time = (state.step, state.evaluated), time.time()
 
 
@@ -727,9 +775,10 @@ def build_model(cfg: TrainConfig, resuming: bool, log: RunLog) -> GPT:
     """The model to train, on the CPU: the command's shape (a resumed run loads its weights later), or --init-from's
     weights."""
     if cfg.init_from and not resuming:
-        log.both(f"initialising from {cfg.init_from}")
+        log.say(f"initialising from {cfg.init_from}")
         model = load_model(cfg.init_from)
         model_config(cfg, weights=model.config)  # refuse a --model or --seq-len that does not fit the weights
+        log.record(f"# initialised from {cfg.init_from}")
         return model
     return GPT(model_config(cfg))
 
@@ -754,12 +803,16 @@ def start_or_resume(cfg: TrainConfig, ddp: Dist, device: torch.device, dtype: to
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # fp16 only; a no-op otherwise
     state = RunState(model, optimizer, scaler, train_loader)
     if checkpoint is not None:
-        state.step, state.val_loss, state.evaluated = restore_training_state(checkpoint, model, optimizer, scaler,
-                                                                            train_loader)
+        state.step, state.val_loss, state.evaluated, state.evaluation = restore_training_state(
+            checkpoint, model, optimizer, scaler, train_loader)
         state.saved = (state.step, state.evaluated)
         log.both(f"resumed from {path} at step {state.step}")
         if changed:
             log.both(f"changed since the checkpoint: {', '.join(changed)}")
+    config = {**dataclasses.asdict(cfg), "model_config": dataclasses.asdict(model.config), "world_size": ddp.world_size}
+    log.open_metrics(cfg, state.step, checkpoint is not None, config)
+    if state.evaluated:  # the curves restart at state.step (see metrics.py), where these evaluations were done
+        log.scalars(state.step, state.evaluation)
     return state
 
 
@@ -771,6 +824,7 @@ def log_train_step(log: RunLog, timer: StepTimer, step: int, loss: float, lr: fl
     log.record(f"{step} train {loss:.6f}")
     log.record(f"{step} lr {lr:.4e}")
     log.record(f"{step} norm {norm:.4f}")
+    log.scalars(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": norm, **timer.rates()})
 
 
 def seed_everything(seed: int) -> None:
@@ -779,19 +833,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def run(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest) -> dict[str, Any]:
+def run(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest, log: RunLog) -> dict[str, Any]:
     """The story of a run: set up or resume, then at each step boundary evaluate, checkpoint and train, until
     max_steps or a stop request, which every rank honours at the same boundary."""
-    log = RunLog(Path(cfg.run_dir), ddp.master)
     dtype = pick_dtype(device, cfg.dtype)
     allow_tf32(device)
     seed_everything(cfg.seed)
     prepare_data(cfg, ddp, log)
+    hellaswag, hellaswag_status = load_hellaswag(cfg)
     state = start_or_resume(cfg, ddp, device, dtype, log)
     model = state.model
     val_loader = make_loader(cfg, "val", ddp, device, model.config.vocab_size)
     val_windows = validation_windows(cfg, val_loader)
-    hellaswag = load_hellaswag(cfg, log)
     grad_accum = gradient_accumulation_steps(cfg, ddp.world_size)
     use_compile = device.type == "cuda" if cfg.compile is None else cfg.compile
     # One model, three views. `model` owns the weights: checkpoints, HellaSwag, samples and gradient clipping use it.
@@ -804,7 +857,7 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest) ->
     timer = StepTimer(cfg.total_batch_size, model.flops_per_token(cfg.seq_len), peak_flops_of(device, cfg.peak_flops),
                       ddp.world_size)
     for line in run_summary(cfg, model, ddp, grad_accum, state.step, device, dtype, use_compile, state.train_loader,
-                            val_windows):
+                            val_windows, hellaswag_status):
         log.both(line)
 
     losses = []
@@ -812,9 +865,10 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest) ->
         last = state.step >= cfg.max_steps
         if not state.evaluated:
             with autocast(device, dtype):
-                state.evaluated, val_loss = run_evaluations(state.step, last, cfg, model, compiled, val_loader,
-                                                            val_windows, hellaswag, ddp, log, stop, device)
-            state.val_loss = val_loss if val_loss is not None else state.val_loss
+                evaluation = run_evaluations(state.step, last, cfg, model, compiled, val_loader, val_windows,
+                                             hellaswag, ddp, log, stop, device)
+            state.evaluated, state.evaluation = evaluation is not None, evaluation or {}
+            state.val_loss = state.evaluation.get("val/loss", state.val_loss)
         stopping, save = schedule.decide(state, last, stop, ddp)
         if save:
             schedule.save(state, cfg, ddp, log)
@@ -836,16 +890,55 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest) ->
     return {"losses": losses, "val_loss": state.val_loss, "step_times": timer.times, "run_dir": cfg.run_dir}
 
 
+def evaluate_only(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest,
+                  log: RunLog) -> dict[str, Any]:
+    """--eval-only: the evaluations of training, once, on a model given by --init-from (a hub name, HF directory,
+    checkpoint or run directory) or on --run-dir's newest checkpoint; the ranks split the work as in training."""
+    dtype = pick_dtype(device, cfg.dtype)
+    allow_tf32(device)
+    init = cfg.init_from or (str(list_checkpoints(cfg.run_dir)[-1]) if list_checkpoints(cfg.run_dir) else "")
+    if not init:
+        raise ValueError(f"--eval-only: nothing to evaluate; pass --init-from (a hub name, HF directory, checkpoint "
+                         f"or run directory), or a --run-dir with checkpoints ({cfg.run_dir} has none)")
+    prepare_data(cfg, ddp, log)
+    hellaswag, hellaswag_status = load_hellaswag(cfg)
+    model = load_model(init, device)
+    model.config.check_context(cfg.seq_len, what=f"--seq-len {cfg.seq_len}")
+    val_loader = make_loader(cfg, "val", ddp, device, model.config.vocab_size)
+    windows = validation_windows(cfg, val_loader)
+    use_compile = device.type == "cuda" if cfg.compile is None else cfg.compile
+    compiled = torch.compile(model) if use_compile else model
+    with autocast(device, dtype):
+        val_loss = evaluate_loss(compiled, val_loader, windows, ddp, stop)
+        acc_norm = None
+        if hellaswag and val_loss is not None:
+            acc_norm = evaluate_hellaswag(model, hellaswag, ddp, device, stop)
+    if val_loss is None or (hellaswag and acc_norm is None):  # a stop request, on this rank or another
+        message = f"stopped by {stop_cause(stop)} during the evaluation; nothing recorded"
+        raise Exit(message if ddp.master else "", 128 + (stop.signal or signal.SIGTERM))
+    tokens = windows * cfg.micro_batch_size * cfg.seq_len
+    hella = f"HellaSwag acc_norm {acc_norm:.4f} on {len(hellaswag):,} examples" if hellaswag \
+        else f"HellaSwag {hellaswag_status}"
+    log.record(f"# eval-only at {datetime.now(timezone.utc).isoformat(timespec='seconds')}, config "
+               + json.dumps(dataclasses.asdict(cfg)))
+    log.both(f"eval-only {init}: val loss {val_loss:.4f} on {tokens:,} tokens of {cfg.data_dir}; {hella}")
+    return {"val_loss": val_loss, "hellaswag": acc_norm, "init": init}
+
+
+def stop_cause(stop: StopRequest) -> str:
+    """The signal this rank received, or (on a rank that received none) the peer's request the ranks agreed on."""
+    return stop.signal.name if stop.signal else "a peer's stop request"
+
+
 def stopped(stop: StopRequest, state: RunState, run_dir: str, ddp: Dist, log: RunLog) -> Exit:
     """The one line a stop ends with, also logged (on the master rank; the others exit with the same code,
     silently)."""
-    name = stop.signal.name if stop.signal else "a peer's stop request"
     if state.saved is None:
         where = "before the first step; nothing to save"
     else:
         where = (f"at step {state.step}; checkpoint {checkpoint_path(run_dir, state.saved[0])}; rerun the same "
                  f"command to continue")
-    message = f"stopped by {name} {where}"
+    message = f"stopped by {stop_cause(stop)} {where}"
     log.record(f"# {message}")
     return Exit(message if ddp.master else "", 128 + (stop.signal or signal.SIGTERM))
 
@@ -854,16 +947,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run cfg in this process, alone or as one rank of a torchrun job. SIGINT and SIGTERM are stop requests while
     it runs (see StopRequest)."""
     ddp = Dist.from_environment()
+    log = RunLog(Path(cfg.run_dir), ddp.master)
     with StopRequest() as stop:
         try:
             device = setup_distributed(ddp, cfg.device, cfg.dist_timeout)
-            return run(cfg, ddp, device, stop)
+            return (evaluate_only if cfg.eval_only else run)(cfg, ddp, device, stop, log)
         except RuntimeError as e:
             message = distributed_failure(e, ddp, cfg.dist_timeout) if ddp.enabled else None
             if message is None:
                 raise
             raise ConnectionError(message) from None
         finally:
+            log.close()  # the live metrics flushed, whatever ended the run
             if ddp.enabled and dist.is_initialized():
                 dist.destroy_process_group()
 
@@ -871,7 +966,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def main(argv: Optional[list[str]] = None) -> None:
     cfg = parse_config(argv)
     result = train(cfg)
-    if "RANK" not in os.environ or os.environ["RANK"] == "0":
+    if ("RANK" not in os.environ or os.environ["RANK"] == "0") and not cfg.eval_only:
         final = f"final val loss {result['val_loss']:.4f}" if result["val_loss"] is not None else "finished"
         print(f"done: {final}; sample with: python sample.py --init {checkpoint_path(cfg.run_dir, cfg.max_steps)}")
 

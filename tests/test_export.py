@@ -68,3 +68,16 @@ def test_cli_and_its_errors(padded_checkpoint, tmp_path, capsys):
     assert ok.returncode == 0 and "wrote" in ok.stdout, ok.stderr
     code, _, err = run_cli_main(export_hf.main, [str(tmp_path / "missing.pt"), str(tmp_path / "x")], capsys)
     assert code == 1 and "missing.pt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_readme_pipeline_line_runs_on_a_model_with_a_short_context(padded_checkpoint, tmp_path):
+    # transformers' text-generation pipeline asks for 256 new tokens unless the generation config says otherwise:
+    # past this model's 48 positions, that was an IndexError. The line is taken from the README as written.
+    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if "pipeline('text-generation'" in line)
+    command = line.strip().removeprefix("python ")
+    assert "'hf/my-gpt2'" in command
+    export_hf.export_hf(padded_checkpoint[0], tmp_path / "hf" / "my-gpt2")
+    result = subprocess.run(f"{sys.executable} {command}", shell=True, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("{'generated_text': 'Hello,")

@@ -148,8 +148,34 @@ def test_rerun_of_a_finished_directory_changes_nothing_and_other_settings_are_re
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     fineweb.main(["--input", str(jsonl), "--out", str(out), "--val-tokens", "50"])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings \(--val-tokens: 50 before, 60 now\); choose another"):
         fineweb.main(["--input", str(jsonl), "--out", str(out), "--val-tokens", "60"])
+
+
+def test_a_failed_run_does_not_block_the_corrected_command(tmp_path, capsys):
+    small = tmp_path / "small.txt"
+    small.write_text("a few words, " * 20)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="nothing is left for train"):  # val takes everything: shards are written
+        fineweb.main(["--input", str(small), "--out", str(out), "--val-tokens", "1000", "--shard-size", "10"])
+    assert json.loads((out / "manifest.json").read_text())["complete"] is False
+    fineweb.main(["--input", str(small), "--out", str(out), "--val-tokens", "20", "--shard-size", "10"])
+    assert "--val-tokens: 1000 before, 20 now" in capsys.readouterr().out
+    fresh = tmp_path / "fresh"
+    fineweb.main(["--input", str(small), "--out", str(fresh), "--val-tokens", "20", "--shard-size", "10"])
+    assert_same_shards(fresh, out)  # the corrected command's output, as if the failed run had never been
+
+
+def test_an_error_starts_its_own_line_and_leaves_no_empty_directory(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n' * 3 + '{"text": oops}\n')
+    out = tmp_path / "new" / "out"
+    result = subprocess.run([sys.executable, "fineweb.py", "--input", str(bad), "--out", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    error = [line for line in result.stderr.replace("\r", "\n").splitlines() if "fineweb.py: error" in line]
+    assert len(error) == 1 and error[0].startswith("fineweb.py: error: ") and "bad.jsonl:4: bad JSON" in error[0]
+    assert not (tmp_path / "new").exists()
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):

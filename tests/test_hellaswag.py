@@ -1,5 +1,7 @@
 """HellaSwag scoring against a float64 example-by-example reference; rank splits; the CLI; malformed input."""
 
+import json
+
 import pytest
 import torch
 
@@ -79,7 +81,9 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path, capsys):
         ('{"endings": ["a", "b", "c", "d"], "label": 1}', "missing field 'ctx'"),
         ('{"ctx": "x", "endings": ["a", "b", "c"], "label": 1}', "exactly 4"),
         ('{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 4}', "0..3"),
-        ('{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": "1"}', "0..3"),
+        ('{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": "one"}', "0..3"),
+        ('{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": ""}', "test split hides its labels"),
+        ('{"ctx": "x", "endings": ["a", "b", "c", "d"]}', "test split hides its labels"),
     ],
 )
 def test_malformed_input_names_the_line(tmp_path, line, message):
@@ -90,17 +94,47 @@ def test_malformed_input_names_the_line(tmp_path, line, message):
         load_examples(path=str(path))
 
 
+def test_string_labels_of_the_hugging_face_export_are_read(tmp_path):
+    # Rowan/hellaswag on the Hugging Face hub stores the label as a string ("3"); the GitHub jsonl as an integer.
+    path = tmp_path / "hf.jsonl"
+    path.write_text(json.dumps({"ctx": "x", "endings": ["a", "b", "c", "d"], "label": "3"}) + "\n")
+    assert load_examples(path=str(path))[0]["label"] == 3
+
+
+def test_the_test_split_is_refused_up_front(capsys):
+    code, _, err = run_cli_main(hellaswag.main, ["-m", "no-such-model", "--split", "test"], capsys)
+    assert code == 2 and "labels" in err and "use val" in err
+    with pytest.raises(ValueError, match="hides its labels"):
+        load_examples("test")
+
+
 def test_offline_without_a_file_says_where_to_put_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HELLASWAG_CACHE", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "hellaswag"
+    monkeypatch.setenv("HELLASWAG_CACHE", str(cache))
 
     def offline(*args, **kwargs):
         raise hellaswag.urllib.error.URLError("no network")
 
     monkeypatch.setattr(hellaswag.urllib.request, "urlopen", offline)
-    with pytest.raises(OSError, match=r"put hellaswag_val.jsonl in .*cache"):
+    with pytest.raises(OSError, match=r"no network.*put hellaswag_val.jsonl in .*cache"):
         load_examples("val")
     code, _, err = run_cli_main(hellaswag.main, ["-m", "gpt2"], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "--data" in err
+    assert not (tmp_path / "cache").exists()  # nothing created for a download that could not start
+
+
+def test_a_failed_download_leaves_no_directory(tmp_path, monkeypatch):
+    cache = tmp_path / "new" / "hellaswag"
+    monkeypatch.setenv("HELLASWAG_CACHE", str(cache))
+    monkeypatch.setattr(hellaswag, "unreachable", lambda url: None)  # the probe answers, the download then fails
+
+    def broken(*args, **kwargs):
+        raise ConnectionResetError("reset by peer")
+
+    monkeypatch.setattr(hellaswag.urllib.request, "urlopen", broken)
+    with pytest.raises(OSError, match="reset by peer"):
+        load_examples("val")
+    assert not (tmp_path / "new").exists()
 
 
 def test_cached_file_is_reused(tmp_path, monkeypatch):

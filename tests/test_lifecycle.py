@@ -239,6 +239,14 @@ def test_torchrun_stopped_by_sigterm_and_sigint_resumes_and_matches_one_process(
     assert log_events(one / "log.txt", "hella") == log_events(two / "log.txt", "hella")
     assert event_lines(two, ("val", "hella")) == event_lines(one, ("val", "hella"))  # each once, none skipped
 
+    # --eval-only under torchrun: the ranks split the windows and examples, and agree with the run's last evaluation
+    proc = torchrun(stop_args(shards, two, *hella, "--eval-only"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    val, acc = log_events(one / "log.txt", "val")[STEPS], log_events(one / "log.txt", "hella")[STEPS]
+    assert out.count("eval-only") == 1 and f"ckpt_{STEPS:06d}.pt: val loss {val:.4f}" in out
+    assert f"HellaSwag acc_norm {acc:.4f} on 8 examples" in out
+
 
 def children(pid):
     """The pids whose parent is pid (from /proc)."""

@@ -83,3 +83,25 @@ def test_missing_or_empty_log_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "log.txt").write_text("# only comments\n")
     code, _, stderr = run_main([str(tmp_path), "-o", str(tmp_path / "x.png")], capsys)
     assert code == 1 and "holds no training events" in stderr
+
+
+def test_out_gets_png_added_and_a_directory_gets_run_png_inside(tmp_path, capsys):
+    write_log(tmp_path / "log.txt", steps=20)
+    code, stdout, _ = run_main([str(tmp_path), "-o", str(tmp_path / "chart")], capsys)
+    assert code == 0 and (tmp_path / "chart.png").is_file() and f"wrote {tmp_path / 'chart.png'}" in stdout
+    (tmp_path / "charts").mkdir()
+    code, stdout, _ = run_main([str(tmp_path), "-o", str(tmp_path / "charts")], capsys)
+    assert code == 0 and (tmp_path / "charts" / "run.png").is_file() and not (tmp_path / "charts.png").exists()
+    assert f"wrote {tmp_path / 'charts' / 'run.png'}" in stdout
+
+
+def test_automatic_smoothing_follows_a_short_run_closely_and_smooths_a_long_one():
+    # On a falling line, an EMA of factor a lags by a / (1 - a) steps once settled (by hand: the weights a^k (1 - a)
+    # have mean k = a / (1 - a)): 9 steps for 0.9, 2 for 150 steps' 2/3.
+    ramp = [10.0 - 0.01 * s for s in range(150)]
+    alpha = plot.auto_smoothing(len(ramp))
+    assert alpha == pytest.approx(2 / 3)
+    lag = (plot.smooth(ramp, alpha)[-1] - ramp[-1]) / 0.01
+    assert lag == pytest.approx(2.0, abs=0.01)
+    assert (plot.smooth(ramp, 0.9)[-1] - ramp[-1]) / 0.01 == pytest.approx(9.0, abs=0.01)
+    assert plot.auto_smoothing(19073) == pytest.approx(0.99) and plot.auto_smoothing(10) == 0.0

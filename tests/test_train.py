@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -243,10 +244,56 @@ def test_compiled_run_evaluates_samples_and_saves_plain_keys(shards, tmp_path):
     assert log_events(tmp_path / "compiled" / "log.txt", "hella")[4] == round(counts["acc_norm_correct"] / 12, 4)
 
 
-def test_missing_hellaswag_file_is_said_once_and_the_run_goes_on(shards, tmp_path):
-    args = tiny_args(shards, tmp_path, "--max-steps", "2", "--hellaswag-interval", "1", "--hellaswag-path",
-                     str(tmp_path / "absent.jsonl"))
-    result = train(parse_config(args))
+def test_hellaswag_out_of_reach_is_said_once_and_the_run_goes_on(shards, tmp_path, monkeypatch):
+    import hellaswag
+
+    monkeypatch.setenv("HELLASWAG_CACHE", str(tmp_path / "no-cache"))
+    monkeypatch.setattr(hellaswag, "unreachable", lambda url: "no answer (offline)")
+    result = train(parse_config(tiny_args(shards, tmp_path, "--max-steps", "2", "--hellaswag-interval", "1")))
     assert len(result["losses"]) == 2
     log = (tmp_path / "log.txt").read_text()
-    assert log.count("HellaSwag is off") == 1 and " hella " not in log
+    assert log.count("HellaSwag   off for this run") == 1 and " hella " not in log and "--hellaswag-path" in log
+
+
+@pytest.mark.parametrize("content,message", [(None, "not found"), ('{"ctx": "x"}\n', "absent.jsonl:1: missing field")])
+def test_a_hellaswag_file_that_was_asked_for_and_cannot_be_read_stops_the_run(shards, tmp_path, content, message):
+    path = tmp_path / "absent.jsonl"
+    if content is not None:
+        path.write_text(content)
+    args = tiny_args(shards, tmp_path, "--max-steps", "2", "--hellaswag-interval", "1", "--hellaswag-path", str(path))
+    with pytest.raises((OSError, ValueError), match=f"--hellaswag-path: .*{message}"):
+        train(parse_config(args))
+    assert not list(tmp_path.glob("ckpt_*.pt"))
+
+def test_eval_only_of_a_transformers_model_equals_a_float64_reference(shards, tiny_hf_dir, tmp_path, capsys):
+    from transformers import GPT2LMHeadModel
+
+    from dataloader import list_shards
+
+    args = tiny_args(shards, tmp_path, "--eval-only", "--init-from", str(tiny_hf_dir), "--val-tokens", "384")
+    code, out, err = run_cli_main(train_gpt2.main, args, capsys)
+    assert code == 0, err
+    # the first 3 windows of 4 x 32 tokens of the val split, each target the next token, scored by transformers
+    tokens = torch.from_numpy(np.load(list_shards(shards, "val")[0]).astype(np.int64))
+    hf = GPT2LMHeadModel.from_pretrained(tiny_hf_dir).double().eval()
+    losses = []
+    with torch.no_grad():
+        for w in range(3):
+            window = tokens[w * 128 : w * 128 + 129]
+            logits = hf(window[:-1].view(4, 32)).logits  # (4, 32, V)
+            losses.append(torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), window[1:]).item())
+    reported = float(re.search(r"val loss (\S+) on 384 tokens", out).group(1))
+    assert reported == pytest.approx(sum(losses) / 3, abs=1e-4)  # printed with 4 decimals; fp32 vs float64 ~1e-6
+    assert f"# eval-only {tiny_hf_dir}: val loss {reported:.4f}" in (tmp_path / "log.txt").read_text()
+    assert not list(tmp_path.glob("ckpt_*.pt"))
+
+
+def test_eval_only_of_a_run_directory_repeats_its_final_evaluations(shards, tmp_path, capsys):
+    hella = ["--hellaswag-interval", "3", "--hellaswag-path", str(make_hellaswag_file(tmp_path / "hs.jsonl", 8))]
+    train(parse_config(tiny_args(shards, tmp_path / "run", *hella)))
+    code, out, err = run_cli_main(train_gpt2.main, tiny_args(shards, tmp_path / "run", *hella, "--eval-only"), capsys)
+    assert code == 0, err
+    val, acc = log_events(tmp_path / "run" / "log.txt", "val")[6], log_events(tmp_path / "run" / "log.txt", "hella")[6]
+    assert f"ckpt_000006.pt: val loss {val:.4f} on 256 tokens" in out and f"HellaSwag acc_norm {acc:.4f} on 8" in out
+    code, _, err = run_cli_main(train_gpt2.main, tiny_args(shards, tmp_path / "empty", "--eval-only"), capsys)
+    assert code == 1 and "nothing to evaluate" in err and not (tmp_path / "empty").exists()

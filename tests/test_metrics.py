@@ -1,0 +1,112 @@
+"""Live metrics: TensorBoard event files read back with tensorboard's own reader, W&B's offline run files, a resumed
+run's curves without repeated steps; and log.txt read by build-nanogpt's notebook parser, as the README says."""
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from conftest import log_events, tiny_args
+from train_gpt2 import parse_config, train
+
+
+def tensorboard_scalars(run_dir):
+    """{tag: [(step, value), ...]} as TensorBoard shows them (its reader applies the purges of resumed runs)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    reader = EventAccumulator(str(run_dir))
+    reader.Reload()
+    return {tag: [(e.step, e.value) for e in reader.Scalars(tag)] for tag in reader.Tags()["scalars"]}
+
+
+def test_tensorboard_curves_match_the_log_and_a_resumed_run_repeats_no_step(shards, tmp_path):
+    args = tiny_args(shards, tmp_path, "--checkpoint-interval", "3")  # 6 steps, val every 3, checkpoints at 3, 6
+    train(parse_config(args))
+    first = tensorboard_scalars(tmp_path)
+    # A kill just after step 5: the newest checkpoint is step 3's, TensorBoard already has steps 3..5 and val at 6.
+    (tmp_path / "ckpt_000006.pt").unlink()
+    train(parse_config(args))
+    scalars = tensorboard_scalars(tmp_path)
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_sec", "val/loss"):
+        steps = [step for step, _ in scalars[tag]]
+        assert steps == sorted(set(steps)), f"{tag}: repeated or unordered steps {steps}"
+    assert [s for s, _ in scalars["train/loss"]] == list(range(6)) and [s for s, _ in scalars["val/loss"]] == [0, 3, 6]
+    assert scalars["train/loss"] == first["train/loss"] and scalars["val/loss"] == first["val/loss"]  # bitwise resume
+    for tag, kind, digits in (("train/loss", "train", 6), ("val/loss", "val", 4), ("train/grad_norm", "norm", 4)):
+        logged = log_events(tmp_path / "log.txt", kind)
+        assert {step: round(value, digits) for step, value in scalars[tag]} == pytest.approx(logged, abs=10 ** -digits)
+
+
+def test_hellaswag_and_mfu_reach_tensorboard_and_it_can_be_turned_off(shards, tmp_path):
+    from conftest import make_hellaswag_file
+
+    hella = ["--hellaswag-interval", "3", "--hellaswag-path", str(make_hellaswag_file(tmp_path / "hs.jsonl", 8))]
+    train(parse_config(tiny_args(shards, tmp_path / "on", *hella, "--peak-flops", "1e12")))
+    scalars = tensorboard_scalars(tmp_path / "on")
+    hella_log = log_events(tmp_path / "on" / "log.txt", "hella")
+    assert {s: round(v, 4) for s, v in scalars["hellaswag/acc_norm"]} == pytest.approx(hella_log, abs=1e-4)
+    assert all(0 < v < 100 for _, v in scalars["perf/mfu_percent"])
+    train(parse_config(tiny_args(shards, tmp_path / "off", "--no-tensorboard")))
+    assert not list((tmp_path / "off").glob("events.out.tfevents.*"))
+
+
+def wandb_records(path):
+    """The protobuf records of a W&B .wandb file: a LevelDB-style log (7-byte file header, 32 KiB blocks; each chunk
+    a 4-byte CRC, 2-byte length, 1-byte type: 1 whole, 2 first, 3 middle, 4 last)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B"
+    records, pending, pos, block = [], b"", 7, 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def test_wandb_offline_run_has_the_curves_and_the_config(shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(parse_config(tiny_args(shards, tmp_path, "--wandb-project", "gpt2-tests", "--max-steps", "3")))
+    files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    history, config = {}, {}
+    for record in wandb_records(files[0]):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            history[int(items.pop("_step"))] = items
+        elif kind in ("run", "config"):
+            updates = record.run.config.update if kind == "run" else record.config.update
+            config.update({item.key: json.loads(item.value_json) for item in updates})
+    train_loss = log_events(tmp_path / "log.txt", "train")
+    assert sorted(history) == [0, 1, 2, 3]
+    assert {s: round(h["train/loss"], 6) for s, h in history.items() if "train/loss" in h} == train_loss
+    assert round(history[3]["val/loss"], 4) == log_events(tmp_path / "log.txt", "val")[3]
+    assert config["max_lr"] == 1e-2 and config["model_config"]["n_layer"] == 2 and config["world_size"] == 1
+    assert (tmp_path / "wandb_run_id").read_text().strip() in files[0].name
+
+
+def test_build_nanogpt_notebook_parser_reads_the_log_once_it_skips_comment_lines(shards, tmp_path):
+    train(parse_config(tiny_args(shards, tmp_path, "--sample-interval", "3", "--max-steps", "3")))
+    # build-nanogpt's play.ipynb, re-typed, with the one line the README tells its users to add
+    streams = {}
+    for line in (tmp_path / "log.txt").read_text().splitlines():
+        if line.startswith("#"):
+            continue
+        step, stream, val = line.strip().split()
+        streams.setdefault(stream, {})[int(step)] = float(val)
+    assert set(streams) == {"train", "val", "lr", "norm"}
+    assert streams["train"] == log_events(tmp_path / "log.txt", "train") and len(streams["train"]) == 3
