@@ -31,6 +31,7 @@ from files import atomic_file, remove_stale_temporaries
 from model import GPT, HF_MODEL_NAMES, GPTConfig
 from network import hub_unreachable
 
+DEFAULT_RUN_DIR = "log"  # train_gpt2.py's --run-dir default, where sample.py looks when given no --init
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d{6,})\.pt$")
 HUB_ADVICE = ("On a machine that is online run GPT2LMHeadModel.from_pretrained({name!r}).save_pretrained('DIR'), "
               "copy DIR here and pass its path")

@@ -7,7 +7,7 @@ This file knows nothing about ranks, logs, run directories or command lines.
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -70,33 +70,32 @@ def config_from_preset(name: str, **overrides) -> GPTConfig:
 
 
 class KVCache:
-    """Keys and values of one attention layer, preallocated for max_len positions and filled left to right."""
+    """Keys and values of one attention layer for a batch of sequences, preallocated for the whole context. The model
+    keeps it across generate calls (see GPT.kv_caches), so its memory never moves: a CUDA graph replays reads and
+    writes at the addresses it recorded."""
 
-    def __init__(self, max_len: int):
-        self.max_len = max_len
-        self.k: Optional[torch.Tensor] = None
-        self.v: Optional[torch.Tensor] = None
+    def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device):
+        self.k = torch.zeros(batch, n_head, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.positions = torch.arange(max_len, device=device)  # (max_len,)
 
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, nh, T, hd) at positions start..start+T-1; return all keys and values so far."""
-        B, nh, T, hd = k.shape
-        if start + T > self.max_len:
-            raise ValueError(f"KV cache overflow: {start + T} positions > {self.max_len}")
-        if self.k is None:  # allocate on first use, so the cache takes the dtype autocast gives k and v
-            self.k = k.new_zeros(B, nh, self.max_len, hd)
-            self.v = v.new_zeros(B, nh, self.max_len, hd)
-        self.k[:, :, start : start + T] = k
-        self.v[:, :, start : start + T] = v
-        return self.k[:, :, : start + T], self.v[:, :, : start + T]
+    def prefill(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write a prompt's k, v (B, nh, T, hd) at positions 0..T-1."""
+        T = k.size(2)
+        self.k[:, :, :T] = k
+        self.v[:, :, :T] = v
 
-    def update_at(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write one position's k, v (B, nh, 1, hd) at pos, a (1,) tensor; return the whole cache and a
-        mask (1, 1, 1, max_len) of the positions filled so far. The shapes do not depend on pos, as torch.compile and
-        CUDA graphs need."""
+    def decode(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, filled: Optional[int] = None):
+        """Write one position's k, v (B, nh, 1, hd) at pos, a (1,) tensor; return keys, values and mask to attend
+        with. By default the whole cache and the mask (1, 1, 1, max_len) of positions 0..pos: no shape depends on
+        pos, as torch.compile and CUDA graphs need, and what the mask hides is never read, whatever an earlier call
+        left there. Eager decoding, which knows `filled` (= pos + 1) on the host, reads just those positions."""
         self.k.index_copy_(2, pos, k)
         self.v.index_copy_(2, pos, v)
-        filled = torch.arange(self.max_len, device=pos.device) <= pos  # (max_len,)
-        return self.k, self.v, filled.view(1, 1, 1, self.max_len)
+        if filled is not None:
+            return self.k[:, :, :filled], self.v[:, :, :filled], None  # (B, nh, filled, hd) x 2, all visible
+        return self.k, self.v, (self.positions <= pos).view(1, 1, 1, -1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,26 +106,23 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
 
     def forward(
-        self, x: torch.Tensor, cache: Optional[KVCache] = None, start: Union[int, torch.Tensor] = 0
+        self, x: torch.Tensor, cache: Optional[KVCache] = None, pos: Optional[torch.Tensor] = None,
+        filled: Optional[int] = None,
     ) -> torch.Tensor:
+        """x (B, T, C) from position 0 (causal; with a cache, its keys and values are stored for decoding), or with
+        pos one token (T = 1) at position pos, attending to everything cached before it (see KVCache.decode)."""
         B, T, C = x.shape
         hd = C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
         v = v.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
-        if isinstance(start, torch.Tensor):  # one token at a tensor position, over the whole fixed-size cache
-            k, v, filled = cache.update_at(start, k, v)  # (B, nh, max_len, hd) x 2, (1, 1, 1, max_len)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=filled)
-            return self.c_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, nh, 1, hd) -> (B, 1, C)
-        if cache is not None:
-            k, v = cache.update(start, k, v)  # (B, nh, start + T, hd)
-        if start == 0:
+        if pos is None:
+            if cache is not None:
+                cache.prefill(k, v)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:  # one new token sees every cached position
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:  # a chunk after a cached prefix: query i (position start + i) sees keys 0..start + i
-            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        else:
+            k, v, mask = cache.decode(pos, k, v, filled)  # (B, nh, S, hd) x 2, (1, 1, 1, S) or None
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hd) -> (B, T, C)
         return self.c_proj(y)
@@ -151,9 +147,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, cache: Optional[KVCache] = None, start: Union[int, torch.Tensor] = 0
+        self, x: torch.Tensor, cache: Optional[KVCache] = None, pos: Optional[torch.Tensor] = None,
+        filled: Optional[int] = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, start)
+        x = x + self.attn(self.ln_1(x), cache, pos, filled)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -172,6 +169,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self._decode_steps: dict[str, Callable] = {}  # compiled decoding steps by device type, made on first use
+        self._kv_caches: dict[tuple, list[KVCache]] = {}  # by (batch, dtype, device), made on first use
         self.apply(self._init_weights)
         # Each block adds two projections to the residual stream; scale them so its variance stays ~constant.
         residual_std = 0.02 * (2 * config.n_layer) ** -0.5
@@ -200,20 +198,19 @@ class GPT(nn.Module):
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
 
     def hidden_states(
-        self, idx: torch.Tensor, caches: Optional[list[KVCache]] = None, start: Union[int, torch.Tensor] = 0
+        self, idx: torch.Tensor, caches: Optional[list[KVCache]] = None, pos: Optional[torch.Tensor] = None,
+        filled: Optional[int] = None,
     ) -> torch.Tensor:
-        """Final hidden states (B, T, C) of idx (B, T), which starts at position `start`: an int, or for one cached
-        decoding step with fixed shapes a (1,) tensor. With caches, the keys and values of idx are appended to them
-        and idx attends to every position cached before it."""
+        """Final hidden states (B, T, C) of idx (B, T) from position 0, its keys and values stored in `caches` if
+        given; or, with pos (a (1,) tensor), of one token per row (T = 1) at that position, attending to `caches`
+        (the whole cache under a mask, or with `filled` its first `filled` positions: see KVCache.decode)."""
         B, T = idx.shape
-        if isinstance(start, torch.Tensor):
-            pos = start  # (1,), checked against block_size by generate
-        else:
-            self.config.check_context(start + T)
-            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        if pos is None:
+            self.config.check_context(T)
+        positions = torch.arange(T, device=idx.device) if pos is None else pos  # (T,); pos < block_size by generate
+        x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, caches[i] if caches is not None else None, start)
+            x = block(x, caches[i] if caches is not None else None, pos, filled)
         return self.transformer.ln_f(x)  # (B, T, C)
 
     def forward(
@@ -341,19 +338,41 @@ class GPT(nn.Module):
     # Sampling
 
     def next_token_logits(
-        self, idx: torch.Tensor, caches: Optional[list[KVCache]] = None, start: Union[int, torch.Tensor] = 0
+        self, idx: torch.Tensor, caches: Optional[list[KVCache]] = None, pos: Optional[torch.Tensor] = None,
+        filled: Optional[int] = None,
     ) -> torch.Tensor:
-        """Logits (B, V) for the token after idx, computing the vocabulary projection for the last position only;
-        caches and start as in hidden_states."""
-        x = self.hidden_states(idx, caches, start)  # (B, T, C)
+        """Logits (B, V) for the token after idx, the vocabulary projected for the last position only; caches, pos
+        and filled as in hidden_states. With pos this is the decoding step that generate compiles."""
+        x = self.hidden_states(idx, caches, pos, filled)  # (B, T, C)
         return self.lm_head(x[:, -1, :]).float()  # (B, V)
 
-    def _compiled_decode_step(self, device: torch.device) -> Callable:
-        """The compiled decoding step, made once per model and device type and reused by later generate calls."""
+    def kv_caches(self, batch: int, dtype: torch.dtype, device: torch.device) -> list[KVCache]:
+        """One KVCache per layer for this batch size, dtype and device: made on the first generate call that needs
+        them, then reused, so a compiled decoding step sees the same tensors at the same addresses every call."""
+        key = (batch, dtype, torch.device(device))
+        if key not in self._kv_caches:
+            c = self.config
+            caches = [KVCache(batch, c.n_head, c.block_size, c.n_embd // c.n_head, dtype, device)
+                      for _ in range(c.n_layer)]
+            for cache in caches:  # CUDA graphs then update them in place instead of copying them in and out
+                torch._dynamo.mark_static_address(cache.k)
+                torch._dynamo.mark_static_address(cache.v)
+            self._kv_caches[key] = caches
+        return self._kv_caches[key]
+
+    def decode_step(self, device: torch.device, compile: bool) -> tuple[Callable, bool]:
+        """The decoding step generate runs (next_token_logits at a tensor position), and whether it takes the static
+        form: the whole cache under a mask, one shape for every step. Compiled on CUDA it does, and is a CUDA graph
+        (mode="reduce-overhead"), compiled once per batch size (dynamic=False). Compiled elsewhere there are no
+        graphs to replay, so it reads only the filled positions, with dynamic shapes: one compilation serves every
+        length (a batch of 1 gets its own). Eager, it reads only the filled positions too."""
+        if not compile:
+            return self.next_token_logits, False
+        static = device.type == "cuda"
         if device.type not in self._decode_steps:
-            mode = "reduce-overhead" if device.type == "cuda" else None  # reduce-overhead: CUDA graphs
-            self._decode_steps[device.type] = torch.compile(self.next_token_logits, fullgraph=True, mode=mode)
-        return self._decode_steps[device.type]
+            settings = dict(mode="reduce-overhead", dynamic=False) if static else dict(dynamic=True)
+            self._decode_steps[device.type] = torch.compile(self.next_token_logits, fullgraph=True, **settings)
+        return self._decode_steps[device.type], static
 
     @torch.no_grad()
     def generate(
@@ -366,18 +385,20 @@ class GPT(nn.Module):
         use_cache: bool = True,
         vocab_limit: Optional[int] = None,
         compile: bool = False,
+        on_token: Optional[Callable[[torch.Tensor], None]] = None,
     ) -> torch.Tensor:
-        """Append max_new_tokens sampled tokens to idx (B, T); temperature 0 is greedy.
+        """idx (B, T) followed by max_new_tokens sampled tokens, (B, T + max_new_tokens); temperature 0 is greedy.
 
-        vocab_limit restricts sampling to ids below it: the rows a padded vocabulary adds are no tokens.
+        vocab_limit restricts sampling to ids below it: the rows a padded vocabulary adds are no tokens. on_token,
+        if given, receives each new (B, 1) column as it is sampled (for streaming; it costs a device sync if it
+        reads the values).
 
-        compile runs each cached decoding step through torch.compile with fixed shapes (the step attends over the
-        whole preallocated cache, masked), and on CUDA replays it as a CUDA graph: one launch per token instead of
-        a dozen per layer, which is what batch-1 decoding on a GPU is bound by.
-
-        With use_cache the prompt is run once and each new token costs one position. Past block_size the context
-        window slides, which shifts every position, so from there each step recomputes the last block_size tokens,
-        exactly as the cache-free path does.
+        With use_cache the prompt runs once (prefill, filling the static KV cache of kv_caches) and each new token
+        is one decoding step at a tensor position (see decode_step). On CUDA, compile=True attends to the whole
+        cache under a mask, the same shapes every step, compiled once per batch size and replayed as one CUDA graph
+        per token. Elsewhere, compiled or not, the step reads only the positions filled so far. Past
+        block_size the context window slides, which shifts every position, so from there each step recomputes the
+        last block_size tokens, as the cache-free path (use_cache=False), the reference, does throughout.
         """
         if idx.dim() != 2 or idx.size(1) == 0:
             raise ValueError(f"idx must be a non-empty (batch, time) tensor, got shape {tuple(idx.shape)}")
@@ -388,32 +409,40 @@ class GPT(nn.Module):
         vocab_limit = min(vocab_limit or self.config.vocab_size, self.config.vocab_size)
         if top_k is not None and not 1 <= top_k <= vocab_limit:
             raise ValueError(f"top_k must be in 1..{vocab_limit}, got {top_k}")
-        block_size = self.config.block_size
+        B, T = idx.shape
+        block_size, device = self.config.block_size, idx.device
+        out = torch.empty(B, T + max_new_tokens, dtype=idx.dtype, device=device)  # (B, T + max_new_tokens)
+        out[:, :T] = idx
+        step, static = self.decode_step(device, compile) if use_cache else (None, False)
         was_training = self.training
         self.eval()
-        caches = None
-        decode_step = self._compiled_decode_step(idx.device) if compile and use_cache else None
-        for _ in range(max_new_tokens):
-            length = idx.size(1)
-            if not use_cache or length > block_size:
-                logits = self.next_token_logits(idx[:, -block_size:], None, 0)
-            elif caches is None:  # prefill the prompt
-                caches = [KVCache(block_size) for _ in range(self.config.n_layer)]
-                logits = self.next_token_logits(idx, caches, 0)
-                if decode_step is not None:
-                    for cache in caches:  # CUDA graphs may then update the caches in place
-                        torch._dynamo.mark_static_address(cache.k)
-                        torch._dynamo.mark_static_address(cache.v)
-            elif decode_step is not None:
-                position = torch.tensor([length - 1], device=idx.device)  # (1,)
-                # contiguous: the same strides every step, so no recompilation; clone: a CUDA graph reuses its output
-                logits = decode_step(idx[:, -1:].contiguous(), caches, position).clone()
-            else:  # the cache holds positions 0..length-2; run only the newest token
-                logits = self.next_token_logits(idx[:, -1:], caches, length - 1)
+        caches, pos, next_id = None, None, None  # set by the prefill, then by each token
+        for length in range(T, T + max_new_tokens):  # `length` tokens so far; the next goes to out[:, length]
+            if step is None or length > block_size:  # cache-free, the window sliding past block_size
+                logits = self.next_token_logits(out[:, max(0, length - block_size) : length])
+            elif length == T:  # prefill
+                caches = self.kv_caches(B, activation_dtype(self, device), device)
+                logits = self.next_token_logits(idx, caches)
+                pos = torch.full((1,), T, dtype=torch.long, device=device)  # where the next token's k, v go
+            elif static:  # the whole cache under a mask: one shape for every step
+                logits = step(next_id, caches, pos).clone()  # clone: the next CUDA graph replay overwrites it
+                pos += 1
+            else:  # only the `length` positions filled so far
+                logits = step(next_id, caches, pos, length)
+                pos += 1
             next_id = sample_next(logits[:, :vocab_limit], temperature, top_k, generator)  # (B, 1)
-            idx = torch.cat([idx, next_id], dim=1)
+            out[:, length] = next_id[:, 0]
+            if on_token is not None:
+                on_token(next_id)
         self.train(was_training)
-        return idx
+        return out
+
+
+def activation_dtype(model: nn.Module, device: torch.device) -> torch.dtype:
+    """The dtype of the keys and values: autocast's where it is on, else the weights'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next(model.parameters()).dtype
 
 
 def sample_next(

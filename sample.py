@@ -1,13 +1,19 @@
-"""Sample text from a checkpoint of ours, a Hugging Face GPT-2 directory, or pretrained GPT-2.
+"""Sample text from a checkpoint of ours, a run directory, a Hugging Face GPT-2 directory, or pretrained GPT-2.
 
+    python sample.py                                  # the newest checkpoint in log/, streamed if -n 1
+    python sample.py --init runs/quickstart -p "ROMEO." -n 1 -m 200
     python sample.py --init gpt2 -p "Hello, I'm a language model," -n 4 -m 32 --top-k 50
+
+One sample is printed as it is generated; several are printed when all are done.
 """
 
-from typing import Optional
+import codecs
+import sys
+from typing import Callable, Optional
 
 import torch
 
-from checkpoint import load_model
+from checkpoint import DEFAULT_RUN_DIR, list_checkpoints, load_model
 from cli import ArgumentParser, first_line, non_negative_float, non_negative_int, positive_int, run_cli
 from common import add_device_flags, autocast, device_and_dtype
 from model import GPT
@@ -25,14 +31,21 @@ def sample_texts(
     seed: int = 42,
     use_cache: bool = True,
     compile: bool = False,
+    write: Optional[Callable[[str], None]] = None,
 ) -> list[str]:
-    """num_samples continuations of prompt (prompt included); an empty prompt starts from <|endoftext|>.
+    """num_samples continuations of prompt (prompt included); an empty prompt starts from <|endoftext|>. With
+    `write` (one sample only), the text is also handed to it piece by piece as it is generated.
 
     Runs on `device` (the model's) under the caller's autocast, if any."""
     enc = get_tokenizer()
     ids = enc.encode(prompt, allowed_special="all") if prompt else [EOT_ID]
     idx = torch.tensor(ids, dtype=torch.long, device=device).unsqueeze(0).repeat(num_samples, 1)  # (N, T)
     generator = torch.Generator(device=device).manual_seed(seed)
+    stream = TextStream(write) if write is not None else None
+    if stream is not None:
+        if num_samples != 1:
+            raise ValueError("streaming prints one sample; ask for one")
+        stream.feed(ids)
     out = model.generate(
         idx,
         max_new_tokens,
@@ -42,13 +55,50 @@ def sample_texts(
         use_cache=use_cache,
         vocab_limit=enc.n_vocab,
         compile=compile,
+        on_token=(lambda column: stream.feed(column[0].tolist())) if stream is not None else None,
     )
+    if stream is not None:
+        stream.close()
     return [enc.decode(row) for row in out.tolist()]
+
+
+class TextStream:
+    """Token ids in, text out as soon as it is whole: a character whose UTF-8 bytes span several tokens waits for
+    its last one. What it writes adds up to the tokenizer's decode of all the ids."""
+
+    def __init__(self, write: Callable[[str], None]):
+        self.write, self.enc = write, get_tokenizer()
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, ids: list[int]) -> None:
+        if text := self.decoder.decode(self.enc.decode_bytes(ids)):
+            self.write(text)
+
+    def close(self) -> None:
+        if text := self.decoder.decode(b"", final=True):
+            self.write(text)
+
+
+def default_init(parser) -> str:
+    """With no --init: the newest checkpoint of the default run directory, else a usage error saying what to pass."""
+    found = list_checkpoints(DEFAULT_RUN_DIR)
+    if not found:
+        parser.error(f"no --init, and no checkpoint in {DEFAULT_RUN_DIR}/ (train_gpt2.py's default run directory) to "
+                     f"sample from: pass --init with a checkpoint, a run directory (runs/quickstart), a Hugging Face "
+                     f"GPT-2 directory, or a hub name (gpt2)")
+    return str(found[-1])
+
+
+def print_flushed(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def parse_args(argv: Optional[list[str]] = None):
     parser = ArgumentParser(description=first_line(__doc__))
-    parser.add_argument("--init", default="gpt2", help="checkpoint .pt, Hugging Face GPT-2 directory, or hub name")
+    parser.add_argument("--init", default=None,
+                        help=f"checkpoint .pt, run directory (its newest checkpoint), Hugging Face GPT-2 directory, or "
+                             f"hub name (gpt2, ...); default: the newest checkpoint in {DEFAULT_RUN_DIR}/")
     parser.add_argument("-p", "--prompt", default="Hello, I'm a language model,", help="empty: <|endoftext|>")
     parser.add_argument("-n", "--num-samples", type=positive_int, default=4, help="how many samples")
     parser.add_argument("-m", "--max-new-tokens", type=positive_int, default=32, help="tokens to add to each")
@@ -58,9 +108,11 @@ def parse_args(argv: Optional[list[str]] = None):
     add_device_flags(parser)
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the cached decoding step (CUDA graphs on a GPU); pays off for long samples")
+                        help="torch.compile the cached decoding step, once (a CUDA graph per token on a GPU); pays off "
+                             "for long samples")
     args = parser.parse_args(argv)
     args.device, args.dtype = device_and_dtype(parser, args.device, args.dtype)
+    args.init = args.init or default_init(parser)
     return args
 
 
@@ -70,6 +122,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     vocab = min(model.config.vocab_size, get_tokenizer().n_vocab)
     if args.top_k > vocab:
         raise ValueError(f"--top-k {args.top_k} is larger than the vocabulary ({vocab})")
+    streaming = args.num_samples == 1
+    if streaming:
+        print_flushed("sample 1: ")
     with autocast(args.device, args.dtype):
         texts = sample_texts(
             model,
@@ -82,9 +137,13 @@ def main(argv: Optional[list[str]] = None) -> None:
             seed=args.seed,
             use_cache=not args.no_cache,
             compile=args.compile,
+            write=print_flushed if streaming else None,
         )
-    for i, text in enumerate(texts, start=1):
-        print(f"sample {i}: {text}")
+    if streaming:
+        print()
+    else:
+        for i, text in enumerate(texts, start=1):
+            print(f"sample {i}: {text}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from checkpoint import (  # noqa: E402
+    DEFAULT_RUN_DIR,
     checkpoint_path,
     config_of,
     list_checkpoints,
@@ -111,7 +112,7 @@ class TrainConfig:
                                        positive)
     init_from: str = option("", "start from these weights: a GPT-2 hub name, HF directory or checkpoint .pt")
     data_dir: str = option("edu_fineweb10B", "directory of {prefix}_{train,val}_NNNNNN.npy shards (fineweb.py)")
-    run_dir: str = option("log", "log.txt and checkpoints")
+    run_dir: str = option(DEFAULT_RUN_DIR, "log.txt and checkpoints")
     total_batch_size: int = option(524288, "tokens per optimizer step (gpt2: 2**19 ~ 0.5M, GPT-3 Small's)", positive)
     micro_batch_size: int = option(64, "B, sequences per forward pass on each rank", positive)
     seq_len: int = option(1024, "T, tokens per sequence", positive)

@@ -11,7 +11,8 @@ def write_shards(tmp_path, lengths, split="train", start_index=0, prefix="t"):
     """Shards whose token at stream position i is i, so positions can be read back from the batches."""
     offset = 0
     for k, n in enumerate(lengths):
-        np.save(tmp_path / f"{prefix}_{split}_{start_index + k:06d}.npy", np.arange(offset, offset + n, dtype=np.uint16))
+        path = tmp_path / f"{prefix}_{split}_{start_index + k:06d}.npy"
+        np.save(path, np.arange(offset, offset + n, dtype=np.uint16))
         offset += n
     return offset
 

@@ -174,47 +174,82 @@ def test_optimizer_groups_of_124m_match_build_nanogpt_report(capsys):
     assert (len(no_decay["params"]), sum(p.numel() for p in no_decay["params"])) == (98, 121_344)
 
 
-def test_cached_chunk_after_prefix_equals_full_forward():
+def test_prefill_then_decoding_steps_equal_the_full_forward():
+    """The prompt through the cache, then one step per token at a tensor position over the whole masked cache: the
+    full forward's logits at every position. The caches are reused from an earlier, longer call: what it left
+    behind the mask must not matter."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=24, vocab_size=80, n_layer=2, n_head=2, n_embd=16)).eval()
-    from model import KVCache
-
-    x = torch.randint(0, 80, (2, 20))
+    x = torch.randint(0, 80, (2, 24))
+    model.generate(torch.randint(0, 80, (2, 20)), 4)  # fills the (2, float32, cpu) caches to the end
+    caches = model.kv_caches(2, torch.float32, torch.device("cpu"))
+    addresses = [(c.k.data_ptr(), c.v.data_ptr()) for c in caches]
+    model.generate(torch.randint(0, 80, (2, 3)), 6)
+    assert caches is model.kv_caches(2, torch.float32, torch.device("cpu"))  # kept, not remade ...
+    assert [(c.k.data_ptr(), c.v.data_ptr()) for c in caches] == addresses  # ... at the same addresses
     with torch.no_grad():
-        full = model(x)[0]
-        caches = [KVCache(24) for _ in range(2)]
-        model.hidden_states(x[:, :7], caches, 0)
-        chunk = model.lm_head(model.hidden_states(x[:, 7:], caches, 7))
-    assert (chunk - full[:, 7:]).abs().max().item() < 1e-5
-
-
-def test_fixed_shape_decoding_step_equals_full_forward():
-    """The compile-friendly step (tensor position, whole cache under a mask) gives the full forward's logits."""
-    from model import KVCache
-
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=24, vocab_size=80, n_layer=2, n_head=2, n_embd=16)).eval()
-    x = torch.randint(0, 80, (2, 20))
-    with torch.no_grad():
-        full = model(x)[0]  # (2, 20, 80)
-        caches = [KVCache(24) for _ in range(2)]
-        model.hidden_states(x[:, :5], caches, 0)
-        for t in range(5, 20):
+        full = model(x)[0]  # (2, 24, 80)
+        prefill = model.next_token_logits(x[:, :5], caches)
+        assert (prefill - full[:, 4]).abs().max().item() < 1e-5
+        for t in range(5, 24):  # the compiled step's form: the whole cache, masked
             step = model.next_token_logits(x[:, t : t + 1], caches, torch.tensor([t]))
+            assert (step - full[:, t]).abs().max().item() < 1e-5
+        model.next_token_logits(x[:, :5], caches)
+        for t in range(5, 24):  # the eager step's form: the filled positions only
+            step = model.next_token_logits(x[:, t : t + 1], caches, torch.tensor([t]), t + 1)
             assert (step - full[:, t]).abs().max().item() < 1e-5
 
 
 @pytest.mark.skipif(not HAS_CXX, reason="torch.compile on the CPU needs a C++ compiler")
-def test_compiled_generation_equals_eager_generation():
+def test_compiled_decoding_compiles_once_per_batch_size_and_gives_the_same_tokens():
+    """fp32 CPU: greedy tokens equal across compiled, eager cached and cache-free decoding (also past block_size,
+    where the window slides uncompiled), seeded samples equal between compiled and eager; and a later call with
+    another prompt length or number of new tokens at a batch size already seen compiles nothing new."""
+    from torch._dynamo.utils import counters
+
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, vocab_size=300, n_layer=2, n_head=2, n_embd=32))
-    prompt = torch.randint(0, 300, (2, 4))
-    # greedy past block_size (the window slides there, uncompiled), then seeded sampling
-    greedy = [model.generate(prompt, 40, temperature=0, compile=c) for c in (True, False)]
-    assert torch.equal(greedy[0], greedy[1])
-    sampled = [model.generate(prompt, 20, top_k=10, generator=torch.Generator().manual_seed(1), compile=c)
-               for c in (True, False)]
-    assert torch.equal(sampled[0], sampled[1])
+    counters.clear()
+    first = torch.randint(0, 300, (2, 4))
+    greedy = [model.generate(first, 40, temperature=0, compile=True, use_cache=True),
+              model.generate(first, 40, temperature=0, use_cache=True),
+              model.generate(first, 40, temperature=0, use_cache=False)]
+    assert torch.equal(greedy[0], greedy[1]) and torch.equal(greedy[0], greedy[2])
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    for prompt_len, new_tokens in ((9, 5), (1, 17), (20, 3)):
+        prompt = torch.randint(0, 300, (2, prompt_len))
+        sampled = [model.generate(prompt, new_tokens, top_k=10, generator=torch.Generator().manual_seed(1),
+                                  compile=c) for c in (True, False)]
+        assert torch.equal(sampled[0], sampled[1])
+    assert counters["stats"]["unique_graphs"] == graphs, "a new prompt length or token count recompiled the step"
+    model.generate(torch.randint(0, 300, (3, 4)), 5, compile=True)  # a new batch size: at most its own graph
+    with_three = counters["stats"]["unique_graphs"]
+    model.generate(torch.randint(0, 300, (3, 7)), 9, compile=True)
+    model.generate(torch.randint(0, 300, (2, 7)), 9, compile=True)
+    assert counters["stats"]["unique_graphs"] == with_three <= graphs + 1
+
+
+@pytest.mark.skipif(not HAS_CXX, reason="torch.compile on the CPU needs a C++ compiler")
+def test_the_static_step_of_cuda_graphs_compiles_once_for_every_position():
+    """The form generate compiles on CUDA (whole cache under a mask, dynamic=False, what a CUDA graph replays),
+    compiled here on the CPU: one graph for every position and call, and the full forward's logits."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=24, vocab_size=80, n_layer=2, n_head=2, n_embd=16)).eval()
+    step = torch.compile(model.next_token_logits, fullgraph=True, dynamic=False)
+    counters.clear()
+    caches = model.kv_caches(2, torch.float32, torch.device("cpu"))
+    for prompt_len in (3, 11):  # two "generate calls": a prefill, then steps at tensor positions
+        x = torch.randint(0, 80, (2, 24))
+        with torch.no_grad():
+            full = model(x)[0]  # (2, 24, 80)
+            model.next_token_logits(x[:, :prompt_len], caches)
+            for t in range(prompt_len, 24):
+                logits = step(x[:, t : t + 1].contiguous(), caches, torch.tensor([t]))
+                assert (logits - full[:, t]).abs().max().item() < 1e-5
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

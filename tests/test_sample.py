@@ -105,3 +105,43 @@ def test_checkpoint_with_wrong_config_is_a_clear_error(tiny_checkpoint):
     state["config"]["bogus"] = 1
     with pytest.raises(ValueError, match="bad model config"):
         model_from_checkpoint(state)
+
+
+def test_one_sample_streams_piece_by_piece_and_adds_up_to_the_whole_text(tiny_checkpoint):
+    model = load_model(str(tiny_checkpoint))
+    pieces = []
+    texts = sample.sample_texts(model, "Hello", 1, 24, torch.device("cpu"), seed=5, write=pieces.append)
+    assert len(pieces) >= 12  # the prompt, then most new tokens as they come (a split character waits)
+    assert "".join(pieces) == texts[0] == sample.sample_texts(model, "Hello", 1, 24, torch.device("cpu"), seed=5)[0]
+
+
+def test_the_text_stream_holds_a_character_until_its_last_byte():
+    from tokenizer import get_tokenizer
+
+    enc = get_tokenizer()
+    text = "snow ☃ and 🤗 and ünïcödé"
+    ids = enc.encode(text)
+    assert any(not enc.decode_bytes([i]).decode("utf-8", errors="ignore") for i in ids)  # some split characters
+    pieces = []
+    stream = sample.TextStream(pieces.append)
+    for i in ids:
+        stream.feed([i])
+    stream.close()
+    assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
+
+
+def test_init_takes_a_run_directory_and_defaults_to_the_newest_checkpoint_of_log(tiny_checkpoint, tmp_path,
+                                                                                 monkeypatch, capsys):
+    run = tmp_path / "log"
+    run.mkdir()
+    (run / "ckpt_000005.pt").write_bytes(b"not a checkpoint: the newest one must be taken")
+    (run / "ckpt_000010.pt").write_bytes(tiny_checkpoint.read_bytes())
+    argv = ["-n", "1", "-m", "6", "--seed", "2", "--device", "cpu"]
+    code, from_dir, err = run_main(["--init", str(run), *argv], capsys)
+    assert code == 0, err
+    assert from_dir == run_main(["--init", str(run / "ckpt_000010.pt"), *argv], capsys)[1]
+    monkeypatch.chdir(tmp_path)
+    assert run_main(argv, capsys)[1] == from_dir
+    monkeypatch.chdir(run)  # no log/ here
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and "no checkpoint in log/" in err and "--init" in err and len(err.strip().splitlines()) == 1
