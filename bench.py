@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -25,7 +26,19 @@ import torch
 
 from checkpoint import load_model
 from cli import ArgumentParser, first_line, non_negative_float, non_negative_int, positive_int, run_cli
-from common import add_device_flags, allow_tf32, autocast, device_and_dtype, peak_flops_of, synchronize
+from common import (
+    ATTENTION_BACKENDS,
+    COMPILE_MODES,
+    add_device_flags,
+    allow_tf32,
+    attention_backend,
+    autocast,
+    check_attention_backend,
+    compile_model,
+    device_and_dtype,
+    peak_flops_of,
+    synchronize,
+)
 from dataloader import ShardLoader
 from fineweb import expand_inputs, iter_local_documents
 from model import GPT, PADDED_VOCAB_SIZE, config_from_preset
@@ -89,25 +102,91 @@ def transformers_twin(model):
     return model.to_hf(attn_implementation="sdpa")
 
 
-def time_training_step(model: torch.nn.Module, loss_of: Callable, x, y, args, device, dtype) -> dict[str, Any]:
-    """Median time of one full optimizer step (forward, backward, clip, AdamW) and the peak memory it takes."""
-    # the same AdamW set-up for both models: GPT.configure_optimizers only walks model.parameters()
+@dataclass
+class Levers:
+    """The training-speed levers of train_gpt2.py (--loss-chunk-size, --attention, --compile-mode), and the
+    micro-batch as a multiple of -B (what the memory a chunked loss frees can buy)."""
+
+    loss_chunk_size: int = 0
+    attention: str = "auto"
+    compile_mode: str = "default"
+    batch_scale: int = 1
+
+
+@dataclass
+class Contender:
+    """One model and set-up, ready to time: a whole optimizer step, and what was measured while preparing it."""
+
+    name: str
+    batch: int
+    step: Callable[[], None]
+    fixed_loss: float  # on the shared fixed batch, before any step
+    compile_seconds: Optional[float]
+    peak_memory_gib: Optional[float]
+    times: list[float] = field(default_factory=list)
+
+
+def prepare_contender(name: str, model: torch.nn.Module, loss_of: Callable, levers: Levers, x: torch.Tensor,
+                      y: torch.Tensor, args, device: torch.device, dtype: torch.dtype) -> Contender:
+    """AdamW as in training, the levers applied, and the warm-up steps run (compilation, the peak memory of this
+    contender alone: what others hold already is subtracted)."""
+    resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    # the same AdamW set-up for every model: GPT.configure_optimizers only walks model.parameters()
     optimizer = GPT.configure_optimizers(model, 0.1, 6e-4, device.type, log=None)
-    forward = torch.compile(model) if args.compile else model
+    forward = compile_model(model, levers.compile_mode) if args.compile else model
+    scale = levers.batch_scale
+    bx, by = x.repeat(scale, 1), y.repeat(scale, 1)  # (scale * B, T): a larger micro-batch of the same tokens
 
     def step() -> None:
-        with autocast(device, dtype):
-            loss = loss_of(forward, x, y)
+        with autocast(device, dtype), attention_backend(levers.attention):
+            loss = loss_of(forward, bx, by, levers.loss_chunk_size)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    with torch.no_grad(), autocast(device, dtype), attention_backend(levers.attention):
+        fixed_loss = loss_of(forward, x, y, levers.loss_chunk_size).item()  # compiles the forward, if compiling
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = median_time(step, args.repeats, device, warmup=args.warmup)
-    peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"ms_per_step": 1000 * seconds, "peak_memory_gib": peak_gib, "seconds": seconds}
+    warmup_times = []
+    for _ in range(max(1, args.warmup)):
+        warmup_times.append(timed(step, device))
+    peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**30 if device.type == "cuda" else None
+    compile_seconds = warmup_times[0] - min(warmup_times) if args.compile else None  # the first step compiles
+    return Contender(name, x.size(0) * scale, step, fixed_loss, compile_seconds, peak)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def time_interleaved(contenders: list[Contender], repeats: int, device: torch.device) -> None:
+    """repeats rounds of one step each (A B C, B C A, ...): machine drift reaches every contender alike."""
+    for r in range(repeats):
+        for i in range(len(contenders)):
+            contender = contenders[(i + r) % len(contenders)]
+            contender.times.append(timed(contender.step, device))
+
+
+def sweep_levers(args, device: torch.device, B: int, T: int) -> list[tuple[str, Levers]]:
+    """The levers one at a time, and the combinations that make sense, beside the flags' own setting."""
+    base = Levers(args.loss_chunk_size, args.attention, args.compile_mode)
+    chunk = base.loss_chunk_size or max(1, B * T // 8)  # 8 chunks of the micro-batch's positions
+    cuda = device.type == "cuda"
+    levers = [("as given (today's defaults)", base),
+              (f"loss in chunks of {chunk:,}", replace(base, loss_chunk_size=chunk)),
+              (f"loss in chunks of {chunk:,}, 2x micro-batch", replace(base, loss_chunk_size=chunk, batch_scale=2))]
+    for backend in ("flash", "efficient", "cudnn") if cuda else ("flash", "math"):
+        if backend != base.attention:
+            levers.append((f"attention {backend}", replace(base, attention=backend)))
+    if args.compile:  # autotuning compiles for minutes: one contender, so the sweep fits one short GPU call
+        levers.append(("compile max-autotune-no-cudagraphs", replace(base, compile_mode="max-autotune-no-cudagraphs")))
+    return levers
 
 
 def bench_train(args) -> None:
@@ -119,36 +198,57 @@ def bench_train(args) -> None:
     config = config_from_preset(name, vocab_size=args.vocab_size)
     config.check_context(T, what=f"--seq-len {T}")
     torch.manual_seed(0)
-    model = GPT(config).to(device)
+    reference = GPT(config)
+    initial = {k: v.clone() for k, v in reference.state_dict().items()}
     x = torch.randint(0, N_VOCAB, (B, T), device=device)
     y = torch.randint(0, N_VOCAB, (B, T), device=device)
     peak = peak_flops_of(device, args.peak_flops)
-    flops_per_token = model.flops_per_token(T)
+    flops_per_token = reference.flops_per_token(T)
 
-    # each library's own way of getting the training loss: ours from targets, transformers' from shifted labels;
-    # the transformers twin is built only when its turn comes, so each peak-memory figure holds one model
-    candidates = [("ours", lambda: model, lambda m, idx, targets: m(idx, targets)[1])]
-    if args.compare_hf:
-        candidates.append(("transformers", lambda: transformers_twin(model).to(device),
-                           lambda m, idx, targets: m(input_ids=idx, labels=idx).loss))
+    def ours() -> GPT:  # a fresh copy of the same initial weights for every contender
+        model = GPT(config)
+        model.load_state_dict(initial)
+        return model.to(device)
+
+    # each library's own way of getting the training loss: ours from targets, transformers' from shifted labels
+    def our_loss(m, idx, targets, chunk):
+        return m(idx, targets, loss_chunk_size=chunk)[1]
+
+    def hf_loss(m, idx, targets, chunk):
+        return m(input_ids=idx, labels=idx).loss
+
+    if args.sweep:
+        plan = [(label, ours, our_loss, levers) for label, levers in sweep_levers(args, device, B, T)]
+    else:
+        plan = [("ours", ours, our_loss, Levers(args.loss_chunk_size, args.attention, args.compile_mode))]
+        if args.compare_hf:
+            plan.append(("transformers", lambda: transformers_twin(ours().cpu()).to(device), hf_loss, Levers()))
+    contenders = []
+    for label, build, loss_of, levers in plan:
+        try:
+            contenders.append(prepare_contender(label, build(), loss_of, levers, x, y, args, device, dtype))
+        except (RuntimeError, ValueError) as e:  # a kernel this GPU or build lacks: say so, measure the rest
+            print(f"skipped {label}: {first_line(e)[:160]}", file=sys.stderr)
+    time_interleaved(contenders, args.repeats, device)
     rows = []
-    for impl, build, loss_of in candidates:
-        net = build()
-        timing = time_training_step(net, loss_of, x, y, args, device, dtype)
-        net.cpu()  # off the GPU, so the next model's peak memory is its own
-        tokens_per_s = B * T / timing["seconds"]
+    for c in contenders:
+        seconds = statistics.median(c.times)
+        tokens_per_s = c.batch * T / seconds
         rows.append({
-            "bench": "train", "impl": impl, "model": name, "B": B, "T": T, "dtype": str(dtype).split(".")[-1],
-            "compile": args.compile, "ms_per_step": timing["ms_per_step"], "tokens_per_s": tokens_per_s,
+            "bench": "train", "impl": c.name, "model": name, "B": c.batch, "T": T, "dtype": str(dtype).split(".")[-1],
+            "compile": args.compile, "ms_per_step": 1000 * seconds, "tokens_per_s": tokens_per_s,
             "mfu_percent": 100 * flops_per_token * tokens_per_s / peak if peak else None,
-            "peak_memory_gib": timing["peak_memory_gib"],
+            "peak_memory_gib": c.peak_memory_gib, "compile_s": c.compile_seconds,
+            "loss_vs_first": c.fixed_loss - contenders[0].fixed_loss if args.sweep else None,  # same loss: sweep
         })
     ratios = {}
-    if args.compare_hf:
+    if args.compare_hf and not args.sweep and len(rows) == 2:
         ratios["training tokens/s, ours / transformers"] = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
-    columns = ["impl", "model", "B", "T", "dtype", "compile", "ms_per_step", "tokens_per_s", "mfu_percent",
-               "peak_memory_gib"]
-    report(describe_device(device), rows, columns, ratios, args.json)
+    if args.sweep:
+        ratios.update({f"{row['impl']} / first": row["tokens_per_s"] / rows[0]["tokens_per_s"] for row in rows[1:]})
+    columns = ["impl", "B", "T", "dtype", "compile", "ms_per_step", "tokens_per_s", "mfu_percent", "peak_memory_gib",
+               "compile_s", "loss_vs_first"]
+    report(describe_device(device) + f", {name}", rows, columns, ratios, args.json)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -253,7 +353,15 @@ def parse_args(argv: Optional[list[str]] = None):
     train.add_argument("--repeats", type=positive_int, default=10, help="timed steps; the median is reported")
     train.add_argument("--peak-flops", type=non_negative_float, default=0.0,
                        help="peak FLOP/s of the device for MFU (0: known GPUs only)")
-    train.add_argument("--compare-hf", action="store_true", help="also time transformers' GPT2LMHeadModel")
+    train.add_argument("--compare-hf", action="store_true",
+                       help="also time transformers' GPT2LMHeadModel (steps interleaved with ours)")
+    train.add_argument("--loss-chunk-size", type=non_negative_int, default=0,
+                       help="as train_gpt2.py's: the loss fused with the output projection, in chunks (0: off)")
+    train.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="SDPA kernel, as in training")
+    train.add_argument("--compile-mode", default="default", choices=COMPILE_MODES, help="torch.compile mode")
+    train.add_argument("--sweep", action="store_true",
+                       help="every lever, and the combinations that make sense, beside the flags' setting, timed "
+                            "interleaved: tokens/s, MFU, peak memory, compile seconds, loss on a fixed batch")
 
     gen = sub.add_parser("generate", help="sampling throughput with and without the KV cache")
     gen.add_argument("--model", "--preset", dest="model", default="gpt2", help="a model.PRESETS shape, random weights")
@@ -280,6 +388,11 @@ def parse_args(argv: Optional[list[str]] = None):
     args = parser.parse_args(argv)
     if args.what in ("train", "generate"):
         args.device, args.dtype = device_and_dtype(parser, args.device, args.dtype)
+    if args.what == "train":
+        try:
+            check_attention_backend(args.attention, args.device)
+        except ValueError as e:
+            parser.error(f"--attention: {e}")
     return args
 
 

@@ -120,3 +120,33 @@ def device_and_dtype(parser: argparse.ArgumentParser, device: str, dtype: str) -
         return chosen, pick_dtype(chosen, dtype)
     except ValueError as e:
         parser.error(f"--dtype {dtype} on {chosen}: {e}")
+
+
+# Training-speed levers shared by train_gpt2.py and bench.py: which SDPA kernel attention uses, how torch.compile
+# compiles. "auto" / "default" leave PyTorch's own choice.
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+CUDA_ONLY_ATTENTION = ("efficient", "cudnn")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_attention_backend(name: str, device: torch.device) -> None:
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose from {', '.join(ATTENTION_BACKENDS)}")
+    if name in CUDA_ONLY_ATTENTION and device.type != "cuda":
+        raise ValueError(f"the {name} attention kernel needs CUDA (on {device}: auto, flash or math)")
+
+
+def attention_backend(name: str) -> contextlib.AbstractContextManager:
+    """F.scaled_dot_product_attention restricted to one kernel inside the context; "auto": PyTorch's pick."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
+    return sdpa_kernel(backend)
+
+
+def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """torch.compile with one of COMPILE_MODES ("default": torch.compile's own)."""
+    return torch.compile(model, mode=None if mode == "default" else mode)

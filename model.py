@@ -214,10 +214,18 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)  # (B, T, C)
 
     def forward(
-        self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """idx (B, T) token ids -> logits (B, T, vocab); loss is the mean cross-entropy where targets != -1."""
-        logits = self.lm_head(self.hidden_states(idx))  # (B, T, V)
+        self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, loss_chunk_size: int = 0
+    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """idx (B, T) token ids -> logits (B, T, vocab); loss is the mean cross-entropy where targets != -1.
+
+        loss_chunk_size > 0 (with targets): the loss is computed loss_chunk_size positions at a time, fused with the
+        output projection (chunked_cross_entropy), and the logits, never materialised, are returned as None."""
+        x = self.hidden_states(idx)  # (B, T, C)
+        if targets is not None and loss_chunk_size > 0:
+            loss = chunked_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
+                                         loss_chunk_size)
+            return None, loss
+        logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -443,6 +451,47 @@ def activation_dtype(model: nn.Module, device: torch.device) -> torch.dtype:
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return next(model.parameters()).dtype
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """F.cross_entropy(hidden @ weight.T, targets, ignore_index=-1), `chunk` rows of hidden at a time, so the
+    (N, V) logits never exist at once: each chunk's gradients (softmax minus one-hot, through the projection) are
+    computed in the forward pass while its probabilities are at hand, then scaled by the incoming gradient in
+    backward. Under autocast the projections run in its dtype and the softmax in fp32, as the unfused path does."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        acc = torch.promote_types(weight.dtype, torch.float32)  # fp32, or fp64 for a float64 model
+        valid_count = (targets != -1).sum().clamp(min=1).to(acc)  # a tensor: no host sync
+        loss = torch.zeros((), dtype=acc, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)  # (N, C)
+        grad_weight = torch.zeros_like(weight, dtype=acc)  # (V, C)
+        for start in range(0, hidden.size(0), chunk):
+            h, t = hidden[start : start + chunk], targets[start : start + chunk]  # (n, C), (n,)
+            logits = (h @ weight.t()).to(acc)  # (n, V), projected in autocast's dtype where it is on
+            valid = (t != -1).to(acc)  # (n,)
+            t = t.clamp(min=0)
+            loss += ((torch.logsumexp(logits, dim=-1) - logits.gather(1, t[:, None])[:, 0]) * valid).sum()
+            d_logits = torch.softmax(logits, dim=-1)  # (n, V): d loss_i / d logits_i = softmax - one-hot
+            d_logits.scatter_add_(1, t[:, None], -torch.ones_like(d_logits[:, :1]))
+            d_logits *= (valid / valid_count)[:, None]  # the mean over valid positions
+            grad_hidden[start : start + chunk] = d_logits.to(weight.dtype) @ weight  # (n, C)
+            grad_weight += d_logits.t().to(h.dtype) @ h  # (V, C)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return loss / valid_count
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, (grad_weight * grad_loss).to(ctx.weight_dtype), None, None
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          chunk: int) -> torch.Tensor:
+    """Mean cross-entropy of the projection hidden (N, C) @ weight (V, C).T against targets (N,), -1 ignored,
+    without materialising the (N, V) logits (see ChunkedCrossEntropy)."""
+    return ChunkedCrossEntropy.apply(hidden, weight, targets, chunk)
 
 
 def sample_next(

@@ -54,10 +54,15 @@ from checkpoint import (  # noqa: E402
 )
 from cli import ArgumentParser, Exit, StopRequest, first_line, run_cli  # noqa: E402
 from common import (  # noqa: E402
+    ATTENTION_BACKENDS,
+    COMPILE_MODES,
     DEVICE_FLAG,
     DTYPE_FLAG,
     allow_tf32,
+    attention_backend,
     autocast,
+    check_attention_backend,
+    compile_model,
     peak_flops_of,
     pick_device,
     pick_dtype,
@@ -143,6 +148,13 @@ class TrainConfig:
     device: str = option(**DEVICE_FLAG)
     dtype: str = option(**DTYPE_FLAG)
     compile: Optional[bool] = option(None, "torch.compile the model; default: on CUDA only")
+    loss_chunk_size: int = option(0, "compute the loss this many positions at a time, fused with the output "
+                                     "projection, never materialising the (B, T, vocab) logits (less memory, room "
+                                     "for a larger --micro-batch-size); 0: the whole logits at once",
+                                  non_negative)
+    attention: str = option("auto", "SDPA kernel of attention: auto (PyTorch's pick), flash, efficient, cudnn "
+                                    "(CUDA), math", choices=ATTENTION_BACKENDS)
+    compile_mode: str = option("default", "torch.compile mode, when compiling", choices=COMPILE_MODES)
     peak_flops: float = option(0.0, "per-device peak FLOP/s for MFU; 0: known GPUs only", non_negative)
     tensorboard: bool = option(True, "TensorBoard event files in the run directory (tensorboard --logdir RUN_DIR)")
     wandb_project: str = option("", "also log the metrics to this Weights & Biases project (needs wandb; "
@@ -176,6 +188,10 @@ class TrainConfig:
             pick_dtype(device, self.dtype)
         except ValueError as e:
             raise ValueError(f"--dtype {self.dtype} on {device}: {e}") from None
+        try:
+            check_attention_backend(self.attention, device)
+        except ValueError as e:
+            raise ValueError(f"--attention: {e}") from None
         if self.wandb_project:
             check_wandb_installed()
         if self.data_dir != QUICKSTART_DATA:
@@ -484,6 +500,7 @@ def run_summary(cfg: TrainConfig, model: GPT, ddp: Dist, grad_accum: int, start_
     when = [f"every {cfg.checkpoint_interval:,} steps"] if cfg.checkpoint_interval else []
     when += [f"every {cfg.checkpoint_minutes:g} minutes"] if cfg.checkpoint_minutes else []
     precision = "fp32" if dtype == torch.float32 else f"{str(dtype).replace('torch.', '')} autocast"
+    loss_form = f"in chunks of {cfg.loss_chunk_size:,}" if cfg.loss_chunk_size else "from whole logits"
     return [
         "run summary",
         f"  model       {cfg.init_from or cfg.model or DEFAULT_MODEL}: {model.num_params():,} parameters, "
@@ -497,7 +514,8 @@ def run_summary(cfg: TrainConfig, model: GPT, ddp: Dist, grad_accum: int, start_
         f"{val_windows * cfg.micro_batch_size * cfg.seq_len:,} val tokens ({val_windows} windows of "
         f"{cfg.micro_batch_size} x {cfg.seq_len})",
         f"  HellaSwag   {hellaswag_status}",
-        f"  precision   {device}, {precision}, compile {'on' if use_compile else 'off'}",
+        f"  precision   {device}, {precision}, compile {f'on ({cfg.compile_mode})' if use_compile else 'off'}, "
+        f"attention {cfg.attention}, loss {loss_form}",
         f"  run dir     {cfg.run_dir}: log.txt, checkpoints {', '.join(when + ['at the end'])} and on Ctrl-C or "
         f"SIGTERM (newest {cfg.keep_checkpoints or 'all'} kept)",
     ]
@@ -666,7 +684,7 @@ def log_evaluations(log: RunLog, step: int, scalars: dict[str, float]) -> None:
 
 def train_step(train_model: torch.nn.Module, model: GPT, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, loader: ShardLoader, grad_accum: int, lr: float, grad_clip: float,
-               ddp: Dist, device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
+               ddp: Dist, device: torch.device, dtype: torch.dtype, loss_chunk_size: int = 0) -> tuple[float, float]:
     """One optimizer step over grad_accum micro-batches on every rank: (loss, gradient norm before clipping), the
     loss averaged over ranks. A non-finite loss or norm skips the update (the caller decides what follows)."""
     for group in optimizer.param_groups:
@@ -677,7 +695,7 @@ def train_step(train_model: torch.nn.Module, model: GPT, optimizer: torch.optim.
         sync = micro_step == grad_accum - 1  # all-reduce gradients only once, on the last micro-step
         with train_model.no_sync() if ddp.enabled and not sync else contextlib.nullcontext():
             with autocast(device, dtype):
-                _, loss = train_model(x, y)
+                _, loss = train_model(x, y, loss_chunk_size=loss_chunk_size)
             loss = loss / grad_accum  # the mean over micro-steps, as one big batch would have
             loss_sum += loss.detach()
             scaler.scale(loss).backward()
@@ -851,7 +869,7 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest, lo
     # One model, three views. `model` owns the weights: checkpoints, HellaSwag, samples and gradient clipping use it.
     # `compiled` is the same modules through torch.compile, for the fixed-shape forward passes of training and
     # validation. `train_model` wraps that in DDP, which all-reduces the gradients during backward: training only.
-    compiled = torch.compile(model) if use_compile else model
+    compiled = compile_model(model, cfg.compile_mode) if use_compile else model
     train_model = DDP(compiled, device_ids=[ddp.local_rank] if device.type == "cuda" else None) if ddp.enabled \
         else compiled
     schedule = CheckpointSchedule(cfg)
@@ -880,8 +898,9 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest, lo
             break
         timer.start()
         lr = get_lr(state.step, cfg.max_lr, cfg.max_lr * cfg.min_lr_ratio, cfg.warmup_steps, cfg.max_steps)
-        loss, norm = train_step(train_model, model, state.optimizer, state.scaler, state.train_loader, grad_accum, lr,
-                                cfg.grad_clip, ddp, device, dtype)
+        with attention_backend(cfg.attention):
+            loss, norm = train_step(train_model, model, state.optimizer, state.scaler, state.train_loader, grad_accum,
+                                    lr, cfg.grad_clip, ddp, device, dtype, cfg.loss_chunk_size)
         if not (math.isfinite(loss) and math.isfinite(norm)) and not state.scaler.is_enabled():
             raise diverged(state.step, loss, norm, Path(cfg.run_dir), log)
         timer.stop(device)
@@ -908,7 +927,7 @@ def evaluate_only(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopR
     val_loader = make_loader(cfg, "val", ddp, device, model.config.vocab_size)
     windows = validation_windows(cfg, val_loader)
     use_compile = device.type == "cuda" if cfg.compile is None else cfg.compile
-    compiled = torch.compile(model) if use_compile else model
+    compiled = compile_model(model, cfg.compile_mode) if use_compile else model
     with autocast(device, dtype):
         val_loss = evaluate_loss(compiled, val_loader, windows, ddp, stop)
         acc_norm = None

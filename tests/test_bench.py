@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 import bench
 from conftest import shape_only
@@ -40,3 +41,23 @@ def test_data_benchmark_runs_on_the_bundled_corpus(capsys):
     bench.main(["data", "--copies", "1", "--workers", "1", "--batch-size", "2", "--seq-len", "64"])
     out = capsys.readouterr().out
     assert "single-thread encode_ordinary" in out and "ms_per_batch" in out and "pipeline / single-thread" in out
+
+
+def test_sweep_times_every_lever_interleaved_with_the_same_loss(capsys):
+    bench.main(["train", "--sweep", "--model", "tiny", "-B", "2", "-T", "16", "--warmup", "1", "--repeats", "2",
+                "--device", "cpu", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    names = [row["impl"] for row in report["rows"]]
+    assert names == ["as given (today's defaults)", "loss in chunks of 4", "loss in chunks of 4, 2x micro-batch",
+                     "attention flash", "attention math"]
+    assert [row["B"] for row in report["rows"]] == [2, 2, 4, 2, 2]
+    for row in report["rows"]:  # fp32: the levers change summation order only
+        assert abs(row["loss_vs_first"]) < 1e-5 and row["tokens_per_s"] > 0
+    assert set(report["ratios"]) == {f"{name} / first" for name in names[1:]}
+
+
+def test_contenders_take_turns(monkeypatch):
+    order = []
+    contenders = [bench.Contender(name, 1, lambda name=name: order.append(name), 0.0, None, None) for name in "abc"]
+    bench.time_interleaved(contenders, 3, torch.device("cpu"))
+    assert order == list("abcbcacab") and all(len(c.times) == 3 for c in contenders)

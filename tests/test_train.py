@@ -297,3 +297,19 @@ def test_eval_only_of_a_run_directory_repeats_its_final_evaluations(shards, tmp_
     assert f"ckpt_000006.pt: val loss {val:.4f} on 256 tokens" in out and f"HellaSwag acc_norm {acc:.4f} on 8" in out
     code, _, err = run_cli_main(train_gpt2.main, tiny_args(shards, tmp_path / "empty", "--eval-only"), capsys)
     assert code == 1 and "nothing to evaluate" in err and not (tmp_path / "empty").exists()
+
+
+def test_speed_levers_train_the_same_model(shards, tmp_path, capsys):
+    """The loss in chunks and another attention kernel change summation order only: fp32 losses within 1e-5 of the
+    default run's, step for step. A kernel the device lacks is a usage error."""
+    plain = train(parse_config(tiny_args(shards, tmp_path / "plain", "--max-steps", "4")))
+    levers = ["--loss-chunk-size", "48", "--attention", "math"]
+    fast = train(parse_config(tiny_args(shards, tmp_path / "levers", "--max-steps", "4", *levers)))
+    assert len(fast["losses"]) == 4
+    assert max(abs(a - b) for a, b in zip(plain["losses"], fast["losses"])) < 1e-5
+    assert abs(plain["val_loss"] - fast["val_loss"]) < 1e-5
+    assert "attention math, loss in chunks of 48" in (tmp_path / "levers" / "log.txt").read_text()
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            parse_config(tiny_args(shards, tmp_path, "--attention", "cudnn"))
+        assert e.value.code == 2 and "needs CUDA" in capsys.readouterr().err
