@@ -2,12 +2,18 @@
 run's curves without repeated steps; and log.txt read by build-nanogpt's notebook parser, as the README says."""
 
 import json
+import os
+import re
+import signal
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import log_events, tiny_args
+from conftest import ROOT, log_events, make_hellaswag_file, tiny_args
 from train_gpt2 import parse_config, train
 
 
@@ -40,8 +46,6 @@ def test_tensorboard_curves_match_the_log_and_a_resumed_run_repeats_no_step(shar
 
 
 def test_hellaswag_and_mfu_reach_tensorboard_and_it_can_be_turned_off(shards, tmp_path):
-    from conftest import make_hellaswag_file
-
     hella = ["--hellaswag-interval", "3", "--hellaswag-path", str(make_hellaswag_file(tmp_path / "hs.jsonl", 8))]
     train(parse_config(tiny_args(shards, tmp_path / "on", *hella, "--peak-flops", "1e12")))
     scalars = tensorboard_scalars(tmp_path / "on")
@@ -110,3 +114,28 @@ def test_build_nanogpt_notebook_parser_reads_the_log_once_it_skips_comment_lines
         streams.setdefault(stream, {})[int(step)] = float(val)
     assert set(streams) == {"train", "val", "lr", "norm"}
     assert streams["train"] == log_events(tmp_path / "log.txt", "train") and len(streams["train"]) == 3
+
+
+def test_ctrl_c_to_the_process_group_with_wandb_stops_cleanly_and_resumes_the_same_run(shards, tmp_path,
+                                                                                        monkeypatch):
+    """Ctrl-C in a terminal reaches W&B's service process too: the run still stops at a step boundary with its
+    checkpoint and one line, and the rerun continues the same W&B run id."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    args = tiny_args(shards, tmp_path, "--max-steps", "200", "--wandb-project", "gpt2-tests", "--checkpoint-interval",
+                     "0", "--eval-interval", "0")
+    proc = subprocess.Popen([sys.executable, "train_gpt2.py", *args], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((tmp_path / "log.txt").exists() and 2 in log_events(tmp_path / "log.txt")):
+        assert time.time() < deadline and proc.poll() is None, "the run did not reach step 2"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    stop = re.findall(r"stopped by SIGINT at step (\d+); checkpoint", err)
+    assert len(stop) == 1 and (tmp_path / f"ckpt_{int(stop[0]):06d}.pt").is_file()
+    run_id = (tmp_path / "wandb_run_id").read_text().strip()
+    result = train(parse_config([*args, "--max-steps", str(int(stop[0]) + 2)]))  # the last --max-steps counts
+    assert len(result["losses"]) == 2 and (tmp_path / "wandb_run_id").read_text().strip() == run_id
+    assert len(list(tmp_path.glob(f"wandb/offline-run-*-{run_id}"))) == 2  # two sessions of one W&B run
