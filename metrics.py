@@ -48,11 +48,13 @@ class Metrics:
         if self.tensorboard is not None:
             self.tensorboard.flush()
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Flush and close; a run that ended in an error or a stop is marked so on W&B (exit code 1), not as
+        finished."""
         if self.tensorboard is not None:
             self.tensorboard.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=1 if failed else 0)
         self.tensorboard = self.wandb = None
 
 

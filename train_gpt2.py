@@ -455,9 +455,9 @@ class RunLog:
         if self.metrics is not None:
             self.metrics.log(step, values)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self.metrics is not None:
-            self.metrics.close()
+            self.metrics.close(failed)
 
 
 def describe_environment() -> list[str]:
@@ -978,7 +978,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 raise
             raise ConnectionError(message) from None
         finally:
-            log.close()  # the live metrics flushed, whatever ended the run
+            log.close(failed=sys.exc_info()[0] is not None)  # the live metrics flushed, whatever ended the run
             if ddp.enabled and dist.is_initialized():
                 dist.destroy_process_group()
 

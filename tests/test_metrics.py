@@ -138,4 +138,8 @@ def test_ctrl_c_to_the_process_group_with_wandb_stops_cleanly_and_resumes_the_sa
     run_id = (tmp_path / "wandb_run_id").read_text().strip()
     result = train(parse_config([*args, "--max-steps", str(int(stop[0]) + 2)]))  # the last --max-steps counts
     assert len(result["losses"]) == 2 and (tmp_path / "wandb_run_id").read_text().strip() == run_id
-    assert len(list(tmp_path.glob(f"wandb/offline-run-*-{run_id}"))) == 2  # two sessions of one W&B run
+    sessions = sorted(tmp_path.glob(f"wandb/offline-run-*-{run_id}/run-*.wandb"))
+    assert len(sessions) == 2  # two sessions of one W&B run: the stopped one marked failed, the last finished
+    exit_codes = [[r.exit.exit_code for r in wandb_records(f) if r.WhichOneof("record_type") == "exit"]
+                  for f in sessions]
+    assert exit_codes == [[1], [0]]
