@@ -362,9 +362,9 @@ class GPT(nn.Module):
             c = self.config
             caches = [KVCache(batch, c.n_head, c.block_size, c.n_embd // c.n_head, dtype, device)
                       for _ in range(c.n_layer)]
-            for cache in caches:  # CUDA graphs then update them in place instead of copying them in and out
-                torch._dynamo.mark_static_address(cache.k)
-                torch._dynamo.mark_static_address(cache.v)
+            for cache in caches:  # CUDA graphs then use them in place instead of copying them in and out
+                for tensor in (cache.k, cache.v, cache.positions):
+                    torch._dynamo.mark_static_address(tensor)
             self._kv_caches[key] = caches
         return self._kv_caches[key]
 
