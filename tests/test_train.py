@@ -1,8 +1,10 @@
 """train_gpt2.py on tiny configs: LR schedule, accumulation, the golden loss curve, exact resume and what it refuses,
 --init-from, compile, flags and their errors. Stops, signals and torchrun: test_lifecycle.py."""
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -313,3 +315,20 @@ def test_speed_levers_train_the_same_model(shards, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             parse_config(tiny_args(shards, tmp_path, "--attention", "cudnn"))
         assert e.value.code == 2 and "needs CUDA" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_eval_only_records_nothing(shards, tmp_path, monkeypatch, capsys):
+    from dataloader import ShardLoader
+
+    train(parse_config(tiny_args(shards, tmp_path, "--max-steps", "2")))
+    before = (tmp_path / "log.txt").read_text()
+    next_batch = ShardLoader.next_batch
+
+    def interrupted(self):  # Ctrl-C arrives while the first window is being read
+        os.kill(os.getpid(), signal.SIGINT)
+        return next_batch(self)
+
+    monkeypatch.setattr(ShardLoader, "next_batch", interrupted)
+    code, out, err = run_cli_main(train_gpt2.main, tiny_args(shards, tmp_path, "--eval-only"), capsys)
+    assert code == 130 and "stopped by SIGINT during the evaluation; nothing recorded" in err
+    assert "eval-only" not in out and (tmp_path / "log.txt").read_text() == before
