@@ -35,6 +35,7 @@ from common import (
     autocast,
     check_attention_backend,
     compile_model,
+    compile_wanted,
     device_and_dtype,
     peak_flops_of,
     synchronize,
@@ -49,18 +50,20 @@ ROOT = Path(__file__).resolve().parent
 TRAIN_DEFAULTS = {"cuda": ("gpt2", 64, 1024), "other": ("mini", 8, 128)}
 
 
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of fn, the device's queued work included."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
 def median_time(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 1) -> float:
     """Median wall time of fn over repeats, after warmup untimed calls."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timed(fn, device) for _ in range(repeats))
 
 
 def describe_device(device: torch.device) -> str:
@@ -157,14 +160,6 @@ def prepare_contender(name: str, model: torch.nn.Module, loss_of: Callable, leve
     return Contender(name, x.size(0) * scale, step, fixed_loss, compile_seconds, peak)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - t0
-
-
 def time_interleaved(contenders: list[Contender], repeats: int, device: torch.device) -> None:
     """repeats rounds of one step each (A B C, B C A, ...): machine drift reaches every contender alike."""
     for r in range(repeats):
@@ -193,7 +188,7 @@ def bench_train(args) -> None:
     device, dtype = args.device, args.dtype
     defaults = TRAIN_DEFAULTS["cuda" if device.type == "cuda" else "other"]
     name, B, T = args.model or defaults[0], args.batch_size or defaults[1], args.seq_len or defaults[2]
-    args.compile = device.type == "cuda" if args.compile is None else args.compile
+    args.compile = compile_wanted(args.compile, device)
     allow_tf32(device)
     config = config_from_preset(name, vocab_size=args.vocab_size)
     config.check_context(T, what=f"--seq-len {T}")

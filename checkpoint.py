@@ -50,6 +50,12 @@ def list_checkpoints(run_dir: Union[str, Path]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def newest_checkpoint(run_dir: Union[str, Path]) -> Optional[Path]:
+    """The run's checkpoint of the highest step, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
 def remove_unfinished_checkpoints(run_dir: Union[str, Path]) -> list[Path]:
     """Delete the temporary files of checkpoint saves that a kill interrupted."""
     return remove_stale_temporaries(run_dir, CHECKPOINT_PATTERN)
@@ -183,11 +189,11 @@ def resolve_init(init: str) -> str:
     """A run directory stands for its newest checkpoint; anything else is returned as it is."""
     path = Path(init)
     if path.is_dir() and not (path / "config.json").is_file():
-        found = list_checkpoints(path)
-        if not found:
+        newest = newest_checkpoint(path)
+        if newest is None:
             raise FileNotFoundError(f"{init} holds neither checkpoints (ckpt_NNNNNN.pt) nor a Hugging Face model "
                                     f"(config.json)")
-        return str(found[-1])
+        return str(newest)
     return init
 
 

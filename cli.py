@@ -88,6 +88,17 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signal is not None
 
+    @property
+    def cause(self) -> str:
+        """The signal this process received or, on a rank that received none, the peer's request the ranks agreed
+        on."""
+        return self.signal.name if self.signal else "a peer's stop request"
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process the signal ended (SIGTERM's for a peer's)."""
+        return 128 + (self.signal or signal.SIGTERM)
+
     def record(self, signum: int, frame=None) -> None:
         if self.signal is None:
             self.signal = signal.Signals(signum)

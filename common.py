@@ -147,6 +147,12 @@ def attention_backend(name: str) -> contextlib.AbstractContextManager:
     return sdpa_kernel(backend)
 
 
+def compile_wanted(choice: Optional[bool], device: torch.device) -> bool:
+    """--compile / --no-compile as given; when not given, on CUDA only (elsewhere compilation costs more than it
+    gives)."""
+    return device.type == "cuda" if choice is None else choice
+
+
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """torch.compile with one of COMPILE_MODES ("default": torch.compile's own)."""
     return torch.compile(model, mode=None if mode == "default" else mode)

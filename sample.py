@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from checkpoint import DEFAULT_RUN_DIR, list_checkpoints, load_model
+from checkpoint import DEFAULT_RUN_DIR, load_model, newest_checkpoint
 from cli import ArgumentParser, first_line, non_negative_float, non_negative_int, positive_int, run_cli
 from common import add_device_flags, autocast, device_and_dtype
 from model import GPT
@@ -81,12 +81,12 @@ class TextStream:
 
 def default_init(parser) -> str:
     """With no --init: the newest checkpoint of the default run directory, else a usage error saying what to pass."""
-    found = list_checkpoints(DEFAULT_RUN_DIR)
-    if not found:
+    newest = newest_checkpoint(DEFAULT_RUN_DIR)
+    if newest is None:
         parser.error(f"no --init, and no checkpoint in {DEFAULT_RUN_DIR}/ (train_gpt2.py's default run directory) to "
                      f"sample from: pass --init with a checkpoint, a run directory (runs/quickstart), a Hugging Face "
                      f"GPT-2 directory, or a hub name (gpt2)")
-    return str(found[-1])
+    return str(newest)
 
 
 def print_flushed(text: str) -> None:

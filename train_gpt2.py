@@ -43,9 +43,9 @@ from checkpoint import (  # noqa: E402
     DEFAULT_RUN_DIR,
     checkpoint_path,
     config_of,
-    list_checkpoints,
     load_checkpoint,
     load_model,
+    newest_checkpoint,
     prune_checkpoints,
     remove_unfinished_checkpoints,
     restore_training_state,
@@ -63,6 +63,7 @@ from common import (  # noqa: E402
     autocast,
     check_attention_backend,
     compile_model,
+    compile_wanted,
     peak_flops_of,
     pick_device,
     pick_dtype,
@@ -455,6 +456,10 @@ class RunLog:
         if self.metrics is not None:
             self.metrics.log(step, values)
 
+    def flush_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.flush()
+
     def close(self, failed: bool = False) -> None:
         if self.metrics is not None:
             self.metrics.close(failed)
@@ -712,8 +717,8 @@ def train_step(train_model: torch.nn.Module, model: GPT, optimizer: torch.optim.
 
 def diverged(step: int, loss: float, norm: float, run_dir: Path, log: RunLog) -> FloatingPointError:
     """The error a non-finite loss or gradient norm ends the run with, true about the checkpoints (also logged)."""
-    found = list_checkpoints(run_dir)
-    kept = f"The newest checkpoint, {found[-1]}, is intact" if found else "No checkpoint had been written yet"
+    newest = newest_checkpoint(run_dir)
+    kept = f"The newest checkpoint, {newest}, is intact" if newest else "No checkpoint had been written yet"
     message = (f"step {step}: non-finite loss {loss} or gradient norm {norm}; stopped before the update. {kept}; "
                f"try a lower --max-lr or more warmup")
     log.record(f"# {message}")
@@ -760,8 +765,7 @@ class CheckpointSchedule:
                 train_config=dataclasses.asdict(cfg)))
             prune_checkpoints(cfg.run_dir, cfg.keep_checkpoints)
             log.both(f"saved checkpoint {path}")
-            if log.metrics is not None:
-                log.metrics.flush()  # the curves as far as the checkpoint, whatever happens next
+            log.flush_metrics()  # the curves as far as the checkpoint, whatever happens next
         state.saved, self.last_time = (state.step, state.evaluated), time.time()
 
 
@@ -784,10 +788,10 @@ def prepare_data(cfg: TrainConfig, ddp: Dist, log: RunLog) -> None:
 
 
 def find_resume_checkpoint(cfg: TrainConfig) -> Optional[Path]:
-    found = list_checkpoints(cfg.run_dir)
-    if cfg.resume and not found:
+    newest = newest_checkpoint(cfg.run_dir)
+    if cfg.resume and newest is None:
         raise ValueError(f"--resume: no checkpoint (ckpt_NNNNNN.pt) in {cfg.run_dir}")
-    return found[-1] if found and cfg.resume is not False else None
+    return newest if cfg.resume is not False else None
 
 
 def build_model(cfg: TrainConfig, resuming: bool, log: RunLog) -> GPT:
@@ -865,7 +869,7 @@ def run(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopRequest, lo
     val_loader = make_loader(cfg, "val", ddp, device, model.config.vocab_size)
     val_windows = validation_windows(cfg, val_loader)
     grad_accum = gradient_accumulation_steps(cfg, ddp.world_size)
-    use_compile = device.type == "cuda" if cfg.compile is None else cfg.compile
+    use_compile = compile_wanted(cfg.compile, device)
     # One model, three views. `model` owns the weights: checkpoints, HellaSwag, samples and gradient clipping use it.
     # `compiled` is the same modules through torch.compile, for the fixed-shape forward passes of training and
     # validation. `train_model` wraps that in DDP, which all-reduces the gradients during backward: training only.
@@ -916,7 +920,7 @@ def evaluate_only(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopR
     checkpoint or run directory) or on --run-dir's newest checkpoint; the ranks split the work as in training."""
     dtype = pick_dtype(device, cfg.dtype)
     allow_tf32(device)
-    init = cfg.init_from or (str(list_checkpoints(cfg.run_dir)[-1]) if list_checkpoints(cfg.run_dir) else "")
+    init = cfg.init_from or str(newest_checkpoint(cfg.run_dir) or "")
     if not init:
         raise ValueError(f"--eval-only: nothing to evaluate; pass --init-from (a hub name, HF directory, checkpoint "
                          f"or run directory), or a --run-dir with checkpoints ({cfg.run_dir} has none)")
@@ -926,16 +930,15 @@ def evaluate_only(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopR
     model.config.check_context(cfg.seq_len, what=f"--seq-len {cfg.seq_len}")
     val_loader = make_loader(cfg, "val", ddp, device, model.config.vocab_size)
     windows = validation_windows(cfg, val_loader)
-    use_compile = device.type == "cuda" if cfg.compile is None else cfg.compile
-    compiled = compile_model(model, cfg.compile_mode) if use_compile else model
+    compiled = compile_model(model, cfg.compile_mode) if compile_wanted(cfg.compile, device) else model
     with autocast(device, dtype):
         val_loss = evaluate_loss(compiled, val_loader, windows, ddp, stop)
         acc_norm = None
         if hellaswag and val_loss is not None:
             acc_norm = evaluate_hellaswag(model, hellaswag, ddp, device, stop)
     if val_loss is None or (hellaswag and acc_norm is None):  # a stop request, on this rank or another
-        message = f"stopped by {stop_cause(stop)} during the evaluation; nothing recorded"
-        raise Exit(message if ddp.master else "", 128 + (stop.signal or signal.SIGTERM))
+        message = f"stopped by {stop.cause} during the evaluation; nothing recorded"
+        raise Exit(message if ddp.master else "", stop.exit_code)
     tokens = windows * cfg.micro_batch_size * cfg.seq_len
     hella = f"HellaSwag acc_norm {acc_norm:.4f} on {len(hellaswag):,} examples" if hellaswag \
         else f"HellaSwag {hellaswag_status}"
@@ -943,11 +946,6 @@ def evaluate_only(cfg: TrainConfig, ddp: Dist, device: torch.device, stop: StopR
                + json.dumps(dataclasses.asdict(cfg)))
     log.both(f"eval-only {init}: val loss {val_loss:.4f} on {tokens:,} tokens of {cfg.data_dir}; {hella}")
     return {"val_loss": val_loss, "hellaswag": acc_norm, "init": init}
-
-
-def stop_cause(stop: StopRequest) -> str:
-    """The signal this rank received, or (on a rank that received none) the peer's request the ranks agreed on."""
-    return stop.signal.name if stop.signal else "a peer's stop request"
 
 
 def stopped(stop: StopRequest, state: RunState, run_dir: str, ddp: Dist, log: RunLog) -> Exit:
@@ -958,9 +956,9 @@ def stopped(stop: StopRequest, state: RunState, run_dir: str, ddp: Dist, log: Ru
     else:
         where = (f"at step {state.step}; checkpoint {checkpoint_path(run_dir, state.saved[0])}; rerun the same "
                  f"command to continue")
-    message = f"stopped by {stop_cause(stop)} {where}"
+    message = f"stopped by {stop.cause} {where}"
     log.record(f"# {message}")
-    return Exit(message if ddp.master else "", 128 + (stop.signal or signal.SIGTERM))
+    return Exit(message if ddp.master else "", stop.exit_code)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
