@@ -26,7 +26,7 @@ import torch
 
 from checkpoint import load_model
 from cli import ArgumentParser, first_line, non_negative_float, non_negative_int, positive_int, run_cli
-from common import (
+from devices import (
     ATTENTION_BACKENDS,
     COMPILE_MODES,
     add_device_flags,
@@ -42,7 +42,8 @@ from common import (
 )
 from dataloader import ShardLoader
 from fineweb import expand_inputs, iter_local_documents
-from model import GPT, PADDED_VOCAB_SIZE, config_from_preset
+from metrics import mfu_percent
+from model import GPT, PADDED_VOCAB_SIZE, config_from_preset, configure_optimizers
 from tokenizer import N_VOCAB, get_tokenizer
 
 ROOT = Path(__file__).resolve().parent
@@ -129,35 +130,43 @@ class Contender:
     times: list[float] = field(default_factory=list)
 
 
-def prepare_contender(name: str, model: torch.nn.Module, loss_of: Callable, levers: Levers, x: torch.Tensor,
-                      y: torch.Tensor, args, device: torch.device, dtype: torch.dtype) -> Contender:
-    """AdamW as in training, the levers applied, and the warm-up steps run (compilation, the peak memory of this
-    contender alone: what others hold already is subtracted)."""
-    resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    # the same AdamW set-up for every model: GPT.configure_optimizers only walks model.parameters()
-    optimizer = GPT.configure_optimizers(model, 0.1, 6e-4, device.type, log=None)
-    forward = compile_model(model, levers.compile_mode) if args.compile else model
-    scale = levers.batch_scale
-    bx, by = x.repeat(scale, 1), y.repeat(scale, 1)  # (scale * B, T): a larger micro-batch of the same tokens
+@dataclass
+class FixedBatch:
+    """What every contender of a training benchmark shares: one fixed batch, the command's flags, device and
+    autocast dtype."""
 
-    def step() -> None:
-        with autocast(device, dtype), attention_backend(levers.attention):
-            loss = loss_of(forward, bx, by, levers.loss_chunk_size)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    x: torch.Tensor  # (B, T) token ids
+    y: torch.Tensor  # (B, T) targets
+    args: Any
+    device: torch.device
+    dtype: torch.dtype
 
-    with torch.no_grad(), autocast(device, dtype), attention_backend(levers.attention):
-        fixed_loss = loss_of(forward, x, y, levers.loss_chunk_size).item()  # compiles the forward, if compiling
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    warmup_times = []
-    for _ in range(max(1, args.warmup)):
-        warmup_times.append(timed(step, device))
-    peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**30 if device.type == "cuda" else None
-    compile_seconds = warmup_times[0] - min(warmup_times) if args.compile else None  # the first step compiles
-    return Contender(name, x.size(0) * scale, step, fixed_loss, compile_seconds, peak)
+    def prepare(self, name: str, model: torch.nn.Module, loss_of: Callable, levers: Levers) -> Contender:
+        """A contender: AdamW as in training, the levers applied, and the warm-up steps run (compilation, the peak
+        memory of this contender alone: what others hold already is subtracted)."""
+        device, dtype, args = self.device, self.dtype, self.args
+        resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        optimizer = configure_optimizers(model.parameters(), 0.1, 6e-4, device.type, log=None)  # any model's
+        forward = compile_model(model, levers.compile_mode) if args.compile else model
+        scale = levers.batch_scale
+        bx, by = self.x.repeat(scale, 1), self.y.repeat(scale, 1)  # (scale * B, T): a larger micro-batch, same tokens
+
+        def step() -> None:
+            with autocast(device, dtype), attention_backend(levers.attention):
+                loss = loss_of(forward, bx, by, levers.loss_chunk_size)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        with torch.no_grad(), autocast(device, dtype), attention_backend(levers.attention):
+            fixed_loss = loss_of(forward, self.x, self.y, levers.loss_chunk_size).item()  # compiles the forward
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        warmup_times = [timed(step, device) for _ in range(max(1, args.warmup))]
+        peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**30 if device.type == "cuda" else None
+        compile_seconds = warmup_times[0] - min(warmup_times) if args.compile else None  # the first step compiles
+        return Contender(name, self.x.size(0) * scale, step, fixed_loss, compile_seconds, peak)
 
 
 def time_interleaved(contenders: list[Contender], repeats: int, device: torch.device) -> None:
@@ -195,8 +204,8 @@ def bench_train(args) -> None:
     torch.manual_seed(0)
     reference = GPT(config)
     initial = {k: v.clone() for k, v in reference.state_dict().items()}
-    x = torch.randint(0, N_VOCAB, (B, T), device=device)
-    y = torch.randint(0, N_VOCAB, (B, T), device=device)
+    batch = FixedBatch(torch.randint(0, N_VOCAB, (B, T), device=device),
+                       torch.randint(0, N_VOCAB, (B, T), device=device), args, device, dtype)
     peak = peak_flops_of(device, args.peak_flops)
     flops_per_token = reference.flops_per_token(T)
 
@@ -221,7 +230,7 @@ def bench_train(args) -> None:
     contenders = []
     for label, build, loss_of, levers in plan:
         try:
-            contenders.append(prepare_contender(label, build(), loss_of, levers, x, y, args, device, dtype))
+            contenders.append(batch.prepare(label, build(), loss_of, levers))
         except (RuntimeError, ValueError) as e:  # a kernel this GPU or build lacks: say so, measure the rest
             print(f"skipped {label}: {first_line(e)[:160]}", file=sys.stderr)
     time_interleaved(contenders, args.repeats, device)
@@ -232,7 +241,7 @@ def bench_train(args) -> None:
         rows.append({
             "bench": "train", "impl": c.name, "model": name, "B": c.batch, "T": T, "dtype": str(dtype).split(".")[-1],
             "compile": args.compile, "ms_per_step": 1000 * seconds, "tokens_per_s": tokens_per_s,
-            "mfu_percent": 100 * flops_per_token * tokens_per_s / peak if peak else None,
+            "mfu_percent": mfu_percent(flops_per_token, tokens_per_s, peak),
             "peak_memory_gib": c.peak_memory_gib, "compile_s": c.compile_seconds,
             "loss_vs_first": c.fixed_loss - contenders[0].fixed_loss if args.sweep else None,  # same loss: sweep
         })

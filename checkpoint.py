@@ -1,5 +1,5 @@
-"""The one checkpoint format and its one owner: the training state built and restored here, atomic saves, safe
-loads (weights_only), and "a model from --init" for every script.
+"""The one checkpoint format and its one owner: the training state (TrainState, whose state_dict is the checkpoint),
+atomic saves, safe loads (weights_only), and "a model from --init" for every script.
 
 A checkpoint is a dict of tensors and plain Python values, so torch.load(..., weights_only=True) reads it:
   model         the model's state_dict, keys as in model.py (never with _orig_mod. or module. prefixes)
@@ -20,13 +20,15 @@ A model alone (sample.py, export) needs only model and config.
 import dataclasses
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
 
 from cli import first_line
+from dataloader import ShardLoader
 from files import atomic_file, remove_stale_temporaries
 from model import GPT, HF_MODEL_NAMES, GPTConfig
 from network import hub_unreachable
@@ -116,59 +118,87 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def training_state(
-    model: GPT,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    loader,
-    *,
-    step: int,
-    val_loss: Optional[float],
-    evaluated: bool,
-    evaluation: dict[str, float],
-    train_config: dict[str, Any],
-) -> dict[str, Any]:
-    """Everything a run needs to continue exactly where it is, in the format above. `model` is the plain model, not
-    its compiled or DDP-wrapped views, so the keys carry no prefixes."""
-    state = {
-        "model": model.state_dict(),
-        "config": dataclasses.asdict(model.config),
-        "optimizer": optimizer.state_dict(),
-        "train_config": dict(train_config),
-        "step": step,
-        "loader": loader.state_dict(),
-        "rng": rng_state(),
-        "val_loss": val_loss,
-        "evaluated": evaluated,
-        "evaluation": dict(evaluation),
-    }
-    if scaler.is_enabled():
-        state["scaler"] = scaler.state_dict()
-    return state
+class Progress(NamedTuple):
+    """How far a training state is: optimizer steps done, and whether the evaluations due at that step are done."""
+
+    step: int
+    evaluated: bool
 
 
-def restore_training_state(
-    state: dict[str, Any], model: GPT, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader
-) -> tuple[int, Optional[float], bool, dict[str, float]]:
-    """Load a training_state into the run's objects; return (step, val_loss, evaluated, evaluation)."""
-    for key in ("optimizer", "step", "loader", "rng"):
-        if key not in state:
-            raise ValueError(f"the checkpoint holds a model but no training state ({key!r} is missing) to resume")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if "scaler" in state and scaler.is_enabled():
-        scaler.load_state_dict(state["scaler"])
-    loader.load_state_dict(state["loader"])
-    set_rng_state(state["rng"])
-    return (int(state["step"]), state.get("val_loss"), bool(state.get("evaluated", True)),
-            dict(state.get("evaluation") or {}))
+@dataclass
+class TrainState:
+    """Everything a run continues from, the one owner of what its checkpoint holds: state_dict() is the checkpoint
+    (the keys in the module docstring) and load_state_dict() resumes from one. `model` is the plain model, not its
+    compiled or DDP-wrapped views, so the keys carry no prefixes."""
+
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # enabled for fp16 only; saved when enabled
+    train_loader: ShardLoader
+    train_config: dict[str, Any]  # the command's TrainConfig, which a resumed run is checked against
+    step: int = 0  # optimizer steps done; the run continues with step `step`
+    val_loss: Optional[float] = None  # the newest
+    evaluations: Optional[dict[str, float]] = None  # the scalars of the evaluations done at `step` ({} when none
+    # was due), or None while they are still to do: a new step, or a stop that cut them short
+
+    def progress(self) -> Progress:
+        return Progress(self.step, self.evaluations is not None)
+
+    def evaluated(self, scalars: Optional[dict[str, float]]) -> None:
+        """Take the evaluations of this step: their scalars, or None if a stop cut them short (they are still due)."""
+        self.evaluations = scalars
+        if scalars is not None:
+            self.val_loss = scalars.get("val/loss", self.val_loss)
+
+    def next_step(self) -> None:
+        self.step, self.evaluations = self.step + 1, None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "config": dataclasses.asdict(self.model.config),
+            "optimizer": self.optimizer.state_dict(),
+            "train_config": dict(self.train_config),
+            "step": self.step,
+            "loader": self.train_loader.state_dict(),
+            "rng": rng_state(),
+            "val_loss": self.val_loss,
+            "evaluated": self.evaluations is not None,
+            "evaluation": dict(self.evaluations or {}),
+        }
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint: weights, optimizer, scaler, data position, RNG states and progress."""
+        for key in ("optimizer", "step", "loader", "rng"):
+            if key not in state:
+                raise ValueError(f"the checkpoint holds a model but no training state ({key!r} is missing) to resume")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.train_loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        self.step, self.val_loss = int(state["step"]), state.get("val_loss")
+        self.evaluations = dict(state.get("evaluation") or {}) if state.get("evaluated", True) else None
+
+
+def save_training_state(state: TrainState, run_dir: Union[str, Path], keep: int) -> Path:
+    """Write the state as its step's checkpoint in run_dir (atomically), then delete all but the newest `keep`
+    (0 keeps all); return its path."""
+    path = checkpoint_path(run_dir, state.step)
+    save_checkpoint(path, state.state_dict())
+    prune_checkpoints(run_dir, keep)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # A model from --init
 
 
-def config_of(state: dict[str, Any], source: str = "checkpoint") -> GPTConfig:
+def config_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> GPTConfig:
     """The GPTConfig a checkpoint's model was made with; a clear error for one this code cannot build."""
     try:
         return GPTConfig(**state["config"])
@@ -177,7 +207,7 @@ def config_of(state: dict[str, Any], source: str = "checkpoint") -> GPTConfig:
 
 
 def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> GPT:
-    model = GPT(config_of(state, source))
+    model = GPT(config_from_checkpoint(state, source))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

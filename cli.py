@@ -1,14 +1,17 @@
-"""The command-line conventions of every script: one-line errors, exit codes, defaults shown once in -h, and
-SIGINT/SIGTERM recorded as a request to stop rather than raised mid-step.
+"""The command-line conventions of every script: one-line errors, exit codes, defaults shown once in -h, one family
+of value checks, flags made from a dataclass's fields (with presets), and SIGINT/SIGTERM recorded as a request to
+stop rather than raised mid-step.
 
 Kept free of torch so that fineweb.py and its tokenizer processes start fast.
 """
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
-from typing import Callable, NoReturn, Optional, Union
+import typing
+from typing import Any, Callable, NoReturn, Optional, TypeVar, Union
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -43,25 +46,108 @@ def first_line(text: Union[str, BaseException]) -> str:
     return type(text).__name__ if isinstance(text, BaseException) else ""
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+# ----------------------------------------------------------------------------------------------------------------
+# Value checks: each takes a value and returns None, or the problem in words. They check a dataclass field (see
+# option) or, through `checked`, a flag as argparse reads it.
+
+Check = Callable[[Any], Optional[str]]
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def positive(value: float) -> Optional[str]:
+    return None if value > 0 else f"must be positive, got {value}"
 
 
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def non_negative(value: float) -> Optional[str]:
+    return None if value >= 0 else f"must be >= 0, got {value}"  # also refuses nan
+
+
+def fraction(value: float) -> Optional[str]:
+    return None if 0 <= value <= 1 else f"must be in [0, 1], got {value}"
+
+
+def checked(kind: type, check: Check) -> Callable[[str], Any]:
+    """An argparse type: the text read as `kind`, refused with the check's problem."""
+
+    def read(text: str) -> Any:
+        value = kind(text)
+        if problem := check(value):
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    read.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
+    return read
+
+
+positive_int = checked(int, positive)
+non_negative_int = checked(int, non_negative)
+non_negative_float = checked(float, non_negative)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Flags from a dataclass: each field is a flag (--field-name) with its help and check, and a preset is a set of
+# other defaults. Not transformers' HfArgumentParser: it takes defaults from the dataclass only (no presets, so no
+# `--preset X -h`), hands field metadata to argparse as they are (no checks), adds a --field_name twin of every flag
+# and would import transformers into this torch-free module.
+
+Config = TypeVar("Config")
+
+
+def option(default: Any, help: str, check: Optional[Check] = None, **argparse_settings) -> Any:
+    """A dataclass field that is a flag: its default, its help, a check of its value and other argparse settings."""
+    return dataclasses.field(default=default, metadata={"help": help, "check": check, "argparse": argparse_settings})
+
+
+def flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def check_fields(config: Any) -> None:
+    """Raise ValueError, naming the flag, for the first field whose check finds a problem (None is never checked)."""
+    for f in dataclasses.fields(config):
+        value, check = getattr(config, f.name), f.metadata.get("check")
+        if check is not None and value is not None and (problem := check(value)):
+            raise ValueError(f"{flag(f.name)} {problem}")
+
+
+def dataclass_parser(defaults: Any, presets: dict[str, dict[str, Any]], description: str) -> ArgumentParser:
+    """--preset and one flag per field of `defaults`' dataclass, with `defaults`' values as the defaults, so -h shows
+    a preset's values."""
+    parser = ArgumentParser(description=description)
+    parser.add_argument("--preset", default=next(iter(presets)), choices=presets,
+                        help="a set of defaults that the other flags override; -h with it shows its values")
+    for f in dataclasses.fields(defaults):
+        settings = dict(f.metadata["argparse"])
+        value_type = next((t for t in typing.get_args(f.type) if t is not type(None)), f.type)  # Optional[X] -> X
+        if value_type is bool:
+            settings["action"] = argparse.BooleanOptionalAction
+        else:
+            settings.setdefault("type", value_type)
+            if "choices" not in settings:
+                settings["metavar"] = f.name.upper()
+        parser.add_argument(flag(f.name), default=getattr(defaults, f.name), help=f.metadata["help"], **settings)
+    return parser
+
+
+def parse_dataclass(config_type: type[Config], presets: dict[str, dict[str, Any]], argv: Optional[list[str]],
+                    description: str, check: Callable[[Config], None]) -> Config:
+    """--preset picks the defaults (the first preset when not given), then every flag given overrides its field;
+    a ValueError of `check` on the result is a usage error (exit code 2)."""
+    preset_parser = ArgumentParser(add_help=False)
+    preset_parser.add_argument("--preset", default=next(iter(presets)), choices=presets)
+    preset = preset_parser.parse_known_args(argv)[0].preset
+    parser = dataclass_parser(config_type(**presets[preset]), presets, description)
+    values = vars(parser.parse_args(argv))
+    values.pop("preset")
+    config = config_type(**values)
+    try:
+        check(config)
+    except ValueError as e:
+        parser.error(str(e))
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ends and stops
 
 
 class Exit(Exception):
@@ -99,7 +185,12 @@ class StopRequest:
         """128 + the signal's number, as a shell reports a process the signal ended (SIGTERM's for a peer's)."""
         return 128 + (self.signal or signal.SIGTERM)
 
-    def record(self, signum: int, frame=None) -> None:
+    def ending(self, where: str, shown: bool = True) -> Exit:
+        """The Exit of a process this request stopped: 'stopped by SIGINT {where}' (on stderr if `shown`; the other
+        ranks exit with the same code, silently)."""
+        return Exit(f"stopped by {self.cause} {where}" if shown else "", self.exit_code)
+
+    def on_signal(self, signum: int, frame=None) -> None:
         if self.signal is None:
             self.signal = signal.Signals(signum)
         else:  # os.write, not print: a handler may run while the main thread is inside a print
@@ -109,7 +200,7 @@ class StopRequest:
         """Install the handlers (main thread only; elsewhere signals keep their behaviour)."""
         try:
             for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self.record)
+                self._previous[s] = signal.signal(s, self.on_signal)
         except ValueError:  # not the main thread
             self._previous.clear()
         return self

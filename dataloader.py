@@ -62,7 +62,7 @@ class ShardLoader:
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        self.B, self.T, self.rank, self.world_size = B, T, rank, world_size
+        self.split, self.B, self.T, self.rank, self.world_size = split, B, T, rank, world_size
         self.device = torch.device(device)
         self.shuffle, self.seed, self.vocab_size = shuffle, seed, vocab_size
         self.paths = list_shards(data_dir, split)

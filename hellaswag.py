@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cli import ArgumentParser, first_line, positive_int, run_cli
-from common import add_device_flags, autocast, device_and_dtype
+from devices import add_device_flags, autocast, device_and_dtype
 from files import atomic_file, no_empty_directory_on_failure
 from network import unreachable
 from tokenizer import get_tokenizer
@@ -116,6 +116,21 @@ def load_examples(split: str = "val", path: Optional[str] = None, limit: Optiona
     if not examples:
         raise ValueError(f"{file}: no examples")
     return examples
+
+
+def load_for_training(path: str, interval: int) -> tuple[Optional[list[dict]], str]:
+    """The val examples that training scores every `interval` steps (None when off) and a line for its run
+    summary: off, saying why, when the default download is out of reach; a `path` (--hellaswag-path) that cannot
+    be read stops the run, as it was asked for."""
+    if not interval:
+        return None, "off (--hellaswag-interval 0)"
+    try:
+        examples = load_examples("val", path or None, path_flag="--hellaswag-path")
+    except (OSError, ValueError) as e:
+        if path:
+            raise type(e)(f"--hellaswag-path: {e}") from None
+        return None, f"off for this run: {e}"
+    return examples, f"{len(examples):,} val examples every {interval:,} steps"
 
 
 def render_example(example: dict, block_size: int) -> tuple[list[list[int]], list[list[int]]]:

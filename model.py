@@ -1,5 +1,5 @@
-"""GPT-2 in one module: the config and its presets, the model, Hugging Face weight loading, the optimizer and
-KV-cached sampling. Module names mirror the Hugging Face GPT-2 checkpoint keys.
+"""GPT-2 in one module: the config and its presets, the model, Hugging Face weight loading, the optimizer, the loss
+in chunks and KV-cached decoding. Module names mirror the Hugging Face GPT-2 checkpoint keys.
 
 This file knows nothing about ranks, logs, run directories or command lines.
 """
@@ -7,7 +7,7 @@ This file knows nothing about ranks, logs, run directories or command lines.
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,11 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    def describe(self, vocab: bool = True) -> str:
+        """'n_layer 12, n_head 12, n_embd 768, block_size 1024, vocab_size 50304', for messages."""
+        shape = f"n_layer {self.n_layer}, n_head {self.n_head}, n_embd {self.n_embd}, block_size {self.block_size}"
+        return shape + (f", vocab_size {self.vocab_size}" if vocab else "")
 
     def check_context(self, length: int, what: str = "") -> None:
         """The one check that a sequence fits the learned positions; `what` names the sequence in the error."""
@@ -70,32 +75,51 @@ def config_from_preset(name: str, **overrides) -> GPTConfig:
 
 
 class KVCache:
-    """Keys and values of one attention layer for a batch of sequences, preallocated for the whole context. The model
-    keeps it across generate calls (see GPT.kv_caches), so its memory never moves: a CUDA graph replays reads and
-    writes at the addresses it recorded."""
+    """Keys and values of one attention layer for a batch of sequences, preallocated for the whole context: the one
+    design of decoding, told here once.
+
+    GPT.setup_caches attaches one to every attention layer. They are kept per batch size, dtype and device and
+    reused by later generate calls, so their memory never moves: a CUDA graph replays reads and writes at the
+    addresses it recorded. generate runs the prompt once (the prefill: its keys and values written at positions
+    0..T-1), then one decoding step per new token, whose position is a device tensor. Each forward pass gets one
+    Decoding, built once per step and passed down to every layer, which says where its keys and values go and what
+    it attends to, in one of two forms:
+      - static: the whole cache under a mask of positions 0..pos. No shape depends on the position, as
+        torch.compile with CUDA graphs needs (what the mask hides is never read, whatever an earlier call left
+        there). generate takes it when compiling on CUDA.
+      - filled: only the first `filled` positions, all visible. Less to read; generate takes it everywhere else
+        (eager, or compiled with dynamic shapes on the CPU, where there are no graphs to replay).
+    Past block_size the window slides, which shifts every position, so from there generate recomputes the last
+    block_size tokens for each new one, as the cache-free reference path does throughout.
+    """
 
     def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device):
         self.k = torch.zeros(batch, n_head, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
-        self.positions = torch.arange(max_len, device=device)  # (max_len,)
 
-    def prefill(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write a prompt's k, v (B, nh, T, hd) at positions 0..T-1."""
-        T = k.size(2)
-        self.k[:, :, :T] = k
-        self.v[:, :, :T] = v
+    def update(self, decoding: "Decoding", k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this pass's k, v (B, nh, T, hd) at decoding.positions; return the keys and values to attend to:
+        the pass's own for a prefill, else the cache's (all of it, or its first `filled` positions)."""
+        self.k.index_copy_(2, decoding.positions, k)
+        self.v.index_copy_(2, decoding.positions, v)
+        if decoding.prefill:
+            return k, v
+        if decoding.filled is not None:
+            return self.k[:, :, : decoding.filled], self.v[:, :, : decoding.filled]  # (B, nh, filled, hd) x 2
+        return self.k, self.v  # (B, nh, max_len, hd) x 2, under decoding.mask
 
-    def decode(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, filled: Optional[int] = None):
-        """Write one position's k, v (B, nh, 1, hd) at pos, a (1,) tensor; return keys, values and mask to attend
-        with. By default the whole cache and the mask (1, 1, 1, max_len) of positions 0..pos: no shape depends on
-        pos, as torch.compile and CUDA graphs need, and what the mask hides is never read, whatever an earlier call
-        left there. Eager decoding, which knows `filled` (= pos + 1) on the host, reads just those positions."""
-        self.k.index_copy_(2, pos, k)
-        self.v.index_copy_(2, pos, v)
-        if filled is not None:
-            return self.k[:, :, :filled], self.v[:, :, :filled], None  # (B, nh, filled, hd) x 2, all visible
-        return self.k, self.v, (self.positions <= pos).view(1, 1, 1, -1)
+
+class Decoding(NamedTuple):
+    """One forward pass of decoding (see KVCache): where its tokens sit, and what they attend to."""
+
+    positions: torch.Tensor  # (T,) device tensor: 0..T-1 for a prefill, (pos,) for a step
+    mask: Optional[torch.Tensor] = None  # static step: (1, 1, 1, max_len), True at the positions 0..pos
+    filled: Optional[int] = None  # filled step: the cache positions written so far, pos + 1
+
+    @property
+    def prefill(self) -> bool:
+        return self.mask is None and self.filled is None
 
 
 class CausalSelfAttention(nn.Module):
@@ -104,26 +128,23 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.kv_cache: Optional[KVCache] = None  # attached by GPT.setup_caches; used only when decoding
 
-    def forward(
-        self, x: torch.Tensor, cache: Optional[KVCache] = None, pos: Optional[torch.Tensor] = None,
-        filled: Optional[int] = None,
-    ) -> torch.Tensor:
-        """x (B, T, C) from position 0 (causal; with a cache, its keys and values are stored for decoding), or with
-        pos one token (T = 1) at position pos, attending to everything cached before it (see KVCache.decode)."""
+    def forward(self, x: torch.Tensor, decoding: Optional[Decoding] = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C), causal. When decoding, the keys and values also go into the cache, and a step
+        attends to the cache (see KVCache)."""
         B, T, C = x.shape
         hd = C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
         v = v.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
-        if pos is None:
-            if cache is not None:
-                cache.prefill(k, v)
+        if decoding is not None:
+            k, v = self.kv_cache.update(decoding, k, v)  # (B, nh, S, hd) x 2
+        if decoding is None or decoding.prefill:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            k, v, mask = cache.decode(pos, k, v, filled)  # (B, nh, S, hd) x 2, (1, 1, 1, S) or None
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=decoding.mask)  # one query: no causal mask
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hd) -> (B, T, C)
         return self.c_proj(y)
 
@@ -146,11 +167,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(
-        self, x: torch.Tensor, cache: Optional[KVCache] = None, pos: Optional[torch.Tensor] = None,
-        filled: Optional[int] = None,
-    ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, pos, filled)
+    def forward(self, x: torch.Tensor, decoding: Optional[Decoding] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), decoding)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -168,7 +186,7 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
-        self._decode_steps: dict[str, Callable] = {}  # compiled decoding steps by device type, made on first use
+        self._decode_steps: dict[tuple[str, bool], Callable] = {}  # compiled, by (device type, static form)
         self._kv_caches: dict[tuple, list[KVCache]] = {}  # by (batch, dtype, device), made on first use
         self.apply(self._init_weights)
         # Each block adds two projections to the residual stream; scale them so its variance stays ~constant.
@@ -197,20 +215,16 @@ class GPT(nn.Module):
         T = seq_len or c.block_size
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
 
-    def hidden_states(
-        self, idx: torch.Tensor, caches: Optional[list[KVCache]] = None, pos: Optional[torch.Tensor] = None,
-        filled: Optional[int] = None,
-    ) -> torch.Tensor:
-        """Final hidden states (B, T, C) of idx (B, T) from position 0, its keys and values stored in `caches` if
-        given; or, with pos (a (1,) tensor), of one token per row (T = 1) at that position, attending to `caches`
-        (the whole cache under a mask, or with `filled` its first `filled` positions: see KVCache.decode)."""
-        B, T = idx.shape
-        if pos is None:
-            self.config.check_context(T)
-        positions = torch.arange(T, device=idx.device) if pos is None else pos  # (T,); pos < block_size by generate
+    def hidden_states(self, idx: torch.Tensor, decoding: Optional[Decoding] = None) -> torch.Tensor:
+        """Final hidden states (B, T, C) of idx (B, T): from position 0, or when decoding at decoding.positions."""
+        if decoding is None:
+            self.config.check_context(idx.size(1))
+            positions = torch.arange(idx.size(1), device=idx.device)  # (T,)
+        else:
+            positions = decoding.positions  # (T,), within block_size by generate
         x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, caches[i] if caches is not None else None, pos, filled)
+        for block in self.transformer.h:
+            x = block(x, decoding)
         return self.transformer.ln_f(x)  # (B, T, C)
 
     def forward(
@@ -301,7 +315,7 @@ class GPT(nn.Module):
         vocab_size = vocab_size or self.config.vocab_size
         if self.config.vocab_size < vocab_size:
             raise ValueError(f"the model's vocabulary ({self.config.vocab_size}) is smaller than {vocab_size}")
-        config = hf_config_from(self.config)
+        config = config_to_hf(self.config)
         config.vocab_size = vocab_size
         if attn_implementation:
             config._attn_implementation = attn_implementation
@@ -315,72 +329,61 @@ class GPT(nn.Module):
     # ----------------------------------------------------------------------------------------------------------
     # Training
 
-    def configure_optimizers(
-        self,
-        weight_decay: float,
-        learning_rate: float,
-        device_type: str,
-        log: Optional[Callable[[str], None]] = print,
-    ) -> torch.optim.AdamW:
-        """AdamW (0.9, 0.95, eps 1e-8), weight decay only on matrices and embeddings (dim >= 2).
-
-        The group sizes are reported through `log` (print by default; None is silent)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
-        if log is not None:
-            log(
-                f"decayed: {len(decay)} tensors, {sum(p.numel() for p in decay):,} parameters; "
-                f"not decayed: {len(no_decay)} tensors, {sum(p.numel() for p in no_decay):,} parameters; "
-                f"fused AdamW: {fused}"
-            )
-        return optimizer
+    def configure_optimizers(self, weight_decay: float, learning_rate: float, device_type: str,
+                             log: Optional[Callable[[str], None]] = print) -> torch.optim.AdamW:
+        """configure_optimizers (the function below) over this model's parameters."""
+        return configure_optimizers(self.parameters(), weight_decay, learning_rate, device_type, log)
 
     # ----------------------------------------------------------------------------------------------------------
     # Sampling
 
-    def next_token_logits(
-        self, idx: torch.Tensor, caches: Optional[list[KVCache]] = None, pos: Optional[torch.Tensor] = None,
-        filled: Optional[int] = None,
-    ) -> torch.Tensor:
-        """Logits (B, V) for the token after idx, the vocabulary projected for the last position only; caches, pos
-        and filled as in hidden_states. With pos this is the decoding step that generate compiles."""
-        x = self.hidden_states(idx, caches, pos, filled)  # (B, T, C)
+    def next_token_logits(self, idx: torch.Tensor, decoding: Optional[Decoding] = None) -> torch.Tensor:
+        """Logits (B, V) for the token after idx (B, T), the vocabulary projected for the last position only."""
+        x = self.hidden_states(idx, decoding)  # (B, T, C)
         return self.lm_head(x[:, -1, :]).float()  # (B, V)
 
-    def kv_caches(self, batch: int, dtype: torch.dtype, device: torch.device) -> list[KVCache]:
-        """One KVCache per layer for this batch size, dtype and device: made on the first generate call that needs
-        them, then reused, so a compiled decoding step sees the same tensors at the same addresses every call."""
+    def setup_caches(self, batch: int, dtype: torch.dtype, device: torch.device) -> list[KVCache]:
+        """Attach a KVCache to every attention layer for this batch size, dtype and device (see KVCache): made on
+        the first call that needs them, then the same tensors at the same addresses every call."""
         key = (batch, dtype, torch.device(device))
         if key not in self._kv_caches:
             c = self.config
             caches = [KVCache(batch, c.n_head, c.block_size, c.n_embd // c.n_head, dtype, device)
                       for _ in range(c.n_layer)]
             for cache in caches:  # CUDA graphs then use them in place instead of copying them in and out
-                for tensor in (cache.k, cache.v, cache.positions):
-                    torch._dynamo.mark_static_address(tensor)
+                torch._dynamo.mark_static_address(cache.k)
+                torch._dynamo.mark_static_address(cache.v)
             self._kv_caches[key] = caches
+        for block, cache in zip(self.transformer.h, self._kv_caches[key]):
+            block.attn.kv_cache = cache
         return self._kv_caches[key]
 
-    def decode_step(self, device: torch.device, compile: bool) -> tuple[Callable, bool]:
-        """The decoding step generate runs (next_token_logits at a tensor position), and whether it takes the static
-        form: the whole cache under a mask, one shape for every step. Compiled on CUDA it does, and is a CUDA graph
-        (mode="reduce-overhead"), compiled once per batch size (dynamic=False). Compiled elsewhere there are no
-        graphs to replay, so it reads only the filled positions, with dynamic shapes: one compilation serves every
-        length (a batch of 1 gets its own). Eager, it reads only the filled positions too."""
+    def decode_logits(self, token: torch.Tensor, pos: torch.Tensor, filled: Optional[int] = None) -> torch.Tensor:
+        """One decoding step: logits (B, V) after token (B, 1) at position pos (a (1,) device tensor), attending to
+        the attached caches: their first `filled` positions, or without `filled` the whole cache under the step's
+        one mask (see KVCache)."""
+        if filled is None:
+            visible = torch.arange(self.config.block_size, device=pos.device) <= pos  # (block_size,)
+            return self.next_token_logits(token, Decoding(pos, mask=visible.view(1, 1, 1, -1)))
+        return self.next_token_logits(token, Decoding(pos, filled=filled))
+
+    def decoding_step(self, device: torch.device, compile: bool,
+                      static: Optional[bool] = None) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
+        """The step generate runs: (token, pos, filled) -> logits. Static form (see KVCache) by default when
+        compiling on CUDA: compiled once per batch size (fullgraph, dynamic=False) and replayed as a CUDA graph
+        (mode="reduce-overhead"). Otherwise the filled form: eager, or compiled with dynamic shapes, so that one
+        compilation serves every length (a batch of 1 gets its own)."""
+        static = (compile and device.type == "cuda") if static is None else static
         if not compile:
-            return self.next_token_logits, False
-        static = device.type == "cuda"
-        if device.type not in self._decode_steps:
+            return self.decode_logits if not static else (lambda token, pos, filled: self.decode_logits(token, pos))
+        key = (device.type, static)
+        if key not in self._decode_steps:
             settings = dict(mode="reduce-overhead", dynamic=False) if static else dict(dynamic=True)
-            self._decode_steps[device.type] = torch.compile(self.next_token_logits, fullgraph=True, **settings)
-        return self._decode_steps[device.type], static
+            self._decode_steps[key] = torch.compile(self.decode_logits, fullgraph=True, **settings)
+        compiled = self._decode_steps[key]
+        if static:  # clone: the next CUDA graph replay overwrites its output
+            return lambda token, pos, filled: compiled(token, pos).clone()
+        return compiled
 
     @torch.no_grad()
     def generate(
@@ -390,6 +393,7 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
+        *,
         use_cache: bool = True,
         vocab_limit: Optional[int] = None,
         compile: bool = False,
@@ -399,14 +403,9 @@ class GPT(nn.Module):
 
         vocab_limit restricts sampling to ids below it: the rows a padded vocabulary adds are no tokens. on_token,
         if given, receives each new (B, 1) column as it is sampled (for streaming; it costs a device sync if it
-        reads the values).
-
-        With use_cache the prompt runs once (prefill, filling the static KV cache of kv_caches) and each new token
-        is one decoding step at a tensor position (see decode_step). On CUDA, compile=True attends to the whole
-        cache under a mask, the same shapes every step, compiled once per batch size and replayed as one CUDA graph
-        per token. Elsewhere, compiled or not, the step reads only the positions filled so far. Past
-        block_size the context window slides, which shifts every position, so from there each step recomputes the
-        last block_size tokens, as the cache-free path (use_cache=False), the reference, does throughout.
+        reads the values). With use_cache, the prompt is prefilled into the KV caches and each new token is one
+        decoding step (compile: compiled, see decoding_step), up to block_size; from there, or throughout without
+        use_cache, each token recomputes its whole window (the reference path). See KVCache for the design.
         """
         if idx.dim() != 2 or idx.size(1) == 0:
             raise ValueError(f"idx must be a non-empty (batch, time) tensor, got shape {tuple(idx.shape)}")
@@ -418,32 +417,65 @@ class GPT(nn.Module):
         if top_k is not None and not 1 <= top_k <= vocab_limit:
             raise ValueError(f"top_k must be in 1..{vocab_limit}, got {top_k}")
         B, T = idx.shape
-        block_size, device = self.config.block_size, idx.device
-        out = torch.empty(B, T + max_new_tokens, dtype=idx.dtype, device=device)  # (B, T + max_new_tokens)
+        out = torch.empty(B, T + max_new_tokens, dtype=idx.dtype, device=idx.device)  # (B, T + max_new_tokens)
         out[:, :T] = idx
-        step, static = self.decode_step(device, compile) if use_cache else (None, False)
-        was_training = self.training
-        self.eval()
-        caches, pos, next_id = None, None, None  # set by the prefill, then by each token
-        for length in range(T, T + max_new_tokens):  # `length` tokens so far; the next goes to out[:, length]
-            if step is None or length > block_size:  # cache-free, the window sliding past block_size
-                logits = self.next_token_logits(out[:, max(0, length - block_size) : length])
-            elif length == T:  # prefill
-                caches = self.kv_caches(B, activation_dtype(self, device), device)
-                logits = self.next_token_logits(idx, caches)
-                pos = torch.full((1,), T, dtype=torch.long, device=device)  # where the next token's k, v go
-            elif static:  # the whole cache under a mask: one shape for every step
-                logits = step(next_id, caches, pos).clone()  # clone: the next CUDA graph replay overwrites it
-                pos += 1
-            else:  # only the `length` positions filled so far
-                logits = step(next_id, caches, pos, length)
-                pos += 1
-            next_id = sample_next(logits[:, :vocab_limit], temperature, top_k, generator)  # (B, 1)
+
+        def emit(length: int, logits: torch.Tensor) -> torch.Tensor:
+            """Sample the token after the first `length` of out, put it there and hand it on: (B, 1)."""
+            next_id = sample_next(logits[:, :vocab_limit], temperature, top_k, generator)
             out[:, length] = next_id[:, 0]
             if on_token is not None:
                 on_token(next_id)
+            return next_id
+
+        # the cache holds block_size positions: tokens T..block_size come from it, the rest from sliding windows
+        cached = min(max_new_tokens, max(0, self.config.block_size - T + 1)) if use_cache else 0
+        was_training = self.training
+        self.eval()
+        if cached:
+            self.decode_with_cache(out[:, :T], cached, emit, compile)
+        for length in range(T + cached, T + max_new_tokens):  # the reference: the whole window for every token
+            emit(length, self.next_token_logits(out[:, max(0, length - self.config.block_size) : length]))
         self.train(was_training)
         return out
+
+    def decode_with_cache(self, prompt: torch.Tensor, new_tokens: int,
+                          emit: Callable[[int, torch.Tensor], torch.Tensor], compile: bool) -> None:
+        """The prefill of prompt (B, T), then a decoding step per token, new_tokens tokens in all, each handed to
+        emit(length, logits) (see generate)."""
+        B, T = prompt.shape
+        device = prompt.device
+        self.setup_caches(B, activation_dtype(self, device), device)
+        step = self.decoding_step(device, compile)
+        logits = self.next_token_logits(prompt, Decoding(torch.arange(T, device=device)))
+        pos = torch.full((1,), T, dtype=torch.long, device=device)  # where the next token's k, v go
+        for length in range(T, T + new_tokens):
+            if length > T:
+                logits = step(next_id, pos, length)  # (B, V): next_id sits at position length - 1 = pos
+                pos += 1
+            next_id = emit(length, logits)
+
+
+def configure_optimizers(parameters: Iterable[nn.Parameter], weight_decay: float, learning_rate: float,
+                         device_type: str, log: Optional[Callable[[str], None]] = print) -> torch.optim.AdamW:
+    """AdamW (0.9, 0.95, eps 1e-8) over any model's parameters, weight decay only on matrices and embeddings
+    (dim >= 2), fused on CUDA. The group sizes are reported through `log` (print by default; None is silent)."""
+    params = [p for p in parameters if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+    if log is not None:
+        log(
+            f"decayed: {len(decay)} tensors, {sum(p.numel() for p in decay):,} parameters; "
+            f"not decayed: {len(no_decay)} tensors, {sum(p.numel() for p in no_decay):,} parameters; "
+            f"fused AdamW: {fused}"
+        )
+    return optimizer
 
 
 def activation_dtype(model: nn.Module, device: torch.device) -> torch.dtype:
@@ -531,7 +563,7 @@ def config_from_hf(hf_config) -> GPTConfig:
     )
 
 
-def hf_config_from(config: GPTConfig):
+def config_to_hf(config: GPTConfig):
     """The transformers GPT2Config of our config."""
     from transformers import GPT2Config
 

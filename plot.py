@@ -8,19 +8,17 @@ the `{step} {kind} {value}` lines of train_gpt2.py's log (and build-nanogpt's, w
 starting with '#' are ignored, so a run still going plots fine.
 """
 
-import re
 import sys
 from pathlib import Path
 from typing import Optional, Union
 
 from cli import ArgumentParser, first_line, non_negative_float, positive_int, run_cli
+from metrics import EVENT_FORMATS, EVENT_LINE
 
 # OpenAI's GPT-2 124M checkpoint on the FineWeb-Edu val shard (build-nanogpt), and the 124M HellaSwag baselines.
 GPT2_124M_VAL_LOSS = 3.2924
 GPT2_124M_HELLASWAG = 0.2945
 GPT3_124M_HELLASWAG = 0.337
-EVENT_LINE = re.compile(r"^(\d+) (train|val|hella|lr|norm) (\S+)$")
-KINDS = ("train", "val", "hella", "lr", "norm")
 FIGURE_SIZE = (14, 9)  # inches
 DEFAULT_OUT = "run.png"
 SMOOTHING_FRACTION = 50  # the automatic EMA window is the run's length divided by this ...
@@ -30,7 +28,7 @@ DPI = 100
 
 def parse_log(path: Union[str, Path]) -> dict[str, list[tuple[int, float]]]:
     """Events of one log: {kind: [(step, value), ...]} in file order; a resumed run's repeated steps keep the last."""
-    events: dict[str, dict[int, float]] = {kind: {} for kind in KINDS}
+    events: dict[str, dict[int, float]] = {kind: {} for kind in EVENT_FORMATS}
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             m = EVENT_LINE.match(line.strip())

@@ -15,7 +15,7 @@ import torch
 
 from checkpoint import DEFAULT_RUN_DIR, load_model, newest_checkpoint
 from cli import ArgumentParser, first_line, non_negative_float, non_negative_int, positive_int, run_cli
-from common import add_device_flags, autocast, device_and_dtype
+from devices import add_device_flags, autocast, device_and_dtype
 from model import GPT
 from tokenizer import EOT_ID, get_tokenizer
 

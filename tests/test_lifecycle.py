@@ -14,10 +14,11 @@ import time
 import pytest
 import torch
 
-import train_gpt2
-from checkpoint import list_checkpoints, load_checkpoint
+from checkpoint import TrainState, list_checkpoints, load_checkpoint
 from cli import Exit
 from conftest import ROOT, log_events, make_hellaswag_file, tiny_args
+from dataloader import ShardLoader
+from distributed import Ranks, lost_contact
 from train_gpt2 import parse_config, train
 
 STEPS = 12
@@ -55,32 +56,34 @@ def reference(shards, tmp_path_factory):
     return run_dir
 
 
-def signal_on_call(monkeypatch, name, call, signum):
-    """Make train_gpt2.`name` send this process `signum` on its `call`-th call (counting from 1)."""
-    real, calls = getattr(train_gpt2, name), {"n": 0}
+def signal_on_batch(monkeypatch, split, call, signum):
+    """Make the `call`-th batch (counting from 1) read from the `split` loader send this process `signum`: a signal
+    in the middle of a train step (2 micro-batches each) or of a validation (2 windows each)."""
+    real, calls = ShardLoader.next_batch, {"n": 0}
 
-    def wrapped(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call:
-            os.kill(os.getpid(), signum)
-        return real(*args, **kwargs)
+    def next_batch(self):
+        if self.split == split:
+            calls["n"] += 1
+            if calls["n"] == call:
+                os.kill(os.getpid(), signum)
+        return real(self)
 
-    monkeypatch.setattr(train_gpt2, name, wrapped)
+    monkeypatch.setattr(ShardLoader, "next_batch", next_batch)
 
 
 @pytest.mark.parametrize(
-    "where,name,call,signum,stopped_at",
+    "where,split,call,signum,stopped_at",
     [
-        ("in the middle of a training step", "train_step", 6, signal.SIGINT, 6),
-        ("during validation, which is then abandoned and redone on resume", "evaluate_loss", 2, signal.SIGTERM, 4),
-        ("during the first validation: nothing to save", "evaluate_loss", 1, signal.SIGINT, 0),
+        ("in the middle of a training step", "train", 11, signal.SIGINT, 6),  # step 5's first micro-batch
+        ("during validation, which is then abandoned and redone on resume", "val", 3, signal.SIGTERM, 4),
+        ("during the first validation: nothing to save", "val", 1, signal.SIGINT, 0),
     ],
 )
 def test_stop_then_rerun_equals_the_unbroken_run_bitwise(shards, tmp_path, reference, monkeypatch, capsys, where,
-                                                         name, call, signum, stopped_at):
+                                                         split, call, signum, stopped_at):
     args = stop_args(shards, tmp_path)
     with monkeypatch.context() as patch:
-        signal_on_call(patch, name, call, signum)
+        signal_on_batch(patch, split, call, signum)
         with pytest.raises(Exit) as e:
             train(parse_config(args))
     assert e.value.code == 128 + signum
@@ -103,15 +106,15 @@ def test_stop_then_rerun_equals_the_unbroken_run_bitwise(shards, tmp_path, refer
 
 
 def test_second_signal_during_the_save_corrupts_nothing(shards, tmp_path, reference, monkeypatch, capfd):
-    signal_on_call(monkeypatch, "train_step", 3, signal.SIGINT)
-    real_save = train_gpt2.save_checkpoint
+    signal_on_batch(monkeypatch, "train", 5, signal.SIGINT)  # in step 2: the stop comes at step 3
+    real_state_dict = TrainState.state_dict
 
-    def save_interrupted(path, state):  # a second Ctrl-C, then a SIGTERM, while the checkpoint is written
+    def state_dict_interrupted(self):  # a second Ctrl-C, then a SIGTERM, while the checkpoint is written
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGTERM)
-        real_save(path, state)
+        return real_state_dict(self)
 
-    monkeypatch.setattr(train_gpt2, "save_checkpoint", save_interrupted)
+    monkeypatch.setattr(TrainState, "state_dict", state_dict_interrupted)
     with pytest.raises(Exit) as e:
         train(parse_config(stop_args(shards, tmp_path)))
     assert e.value.code == 130 and "stopped by SIGINT at step 3" in str(e.value)
@@ -300,14 +303,14 @@ def test_frozen_peer_ends_the_run_within_the_dist_timeout(shards, tmp_path):
 
 
 def test_distributed_failures_are_one_line_naming_the_rank():
-    ddp = train_gpt2.Dist(rank=1, local_rank=1, world_size=4)
+    ranks = Ranks(rank=1, local_rank=1, world_size=4)
     crash = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Connection closed by peer "
                          "[127.0.0.1]:59103. This is typically caused by a remote worker crashing. GLHF!\nmore")
-    assert train_gpt2.distributed_failure(crash, ddp, 300) == (
+    assert lost_contact(crash, ranks, 300) == (
         "rank 1 of 4: lost contact with the other ranks (Connection closed by peer [127.0.0.1]:59103); torchrun's "
         "summary names the rank that failed first; rerun the same command to continue from the newest checkpoint")
     frozen = RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 300000ms for recv operation "
                           "to complete")
     assert "(Timed out waiting 300000ms for recv operation to complete; no answer from a peer within --dist-timeout " \
-           "300 s)" in train_gpt2.distributed_failure(frozen, ddp, 300)
-    assert train_gpt2.distributed_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ddp, 300) is None
+           "300 s)" in lost_contact(frozen, ranks, 300)
+    assert lost_contact(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ranks, 300) is None

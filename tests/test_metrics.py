@@ -1,19 +1,21 @@
-"""Live metrics: TensorBoard event files read back with tensorboard's own reader, W&B's offline run files, a resumed
-run's curves without repeated steps; and log.txt read by build-nanogpt's notebook parser, as the README says."""
+"""Live metrics: TensorBoard event files read back with tensorboard's own reader, what W&B is asked to record, a
+resumed run's curves without repeated steps; and log.txt read by build-nanogpt's notebook parser, as the README
+says."""
 
-import json
+import importlib.machinery
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
-from pathlib import Path
+import types
 
 import pytest
 
+from cli import Exit
 from conftest import ROOT, log_events, make_hellaswag_file, tiny_args
+from dataloader import ShardLoader
 from train_gpt2 import parse_config, train
 
 
@@ -56,51 +58,74 @@ def test_hellaswag_and_mfu_reach_tensorboard_and_it_can_be_turned_off(shards, tm
     assert not list((tmp_path / "off").glob("events.out.tfevents.*"))
 
 
-def wandb_records(path):
-    """The protobuf records of a W&B .wandb file: a LevelDB-style log (7-byte file header, 32 KiB blocks; each chunk
-    a 4-byte CRC, 2-byte length, 1-byte type: 1 whole, 2 first, 3 middle, 4 last)."""
-    from wandb.proto import wandb_internal_pb2
+class FakeWandb(types.ModuleType):
+    """A stand-in for the wandb package that records what the run asks of it: init's settings, then each run's
+    logged scalars and its finish."""
 
-    data = Path(path).read_bytes()
-    assert data[:4] == b":W&B"
-    records, pending, pos, block = [], b"", 7, 32768
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind == 0 and length == 0:
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-    return records
+    def __init__(self):
+        super().__init__("wandb")
+        self.__spec__ = importlib.machinery.ModuleSpec("wandb", None)  # what importlib.util.find_spec reports
+        self.runs = []
+
+    def init(self, **settings):
+        self.runs.append(FakeRun(settings))
+        return self.runs[-1]
 
 
-def test_wandb_offline_run_has_the_curves_and_the_config(shards, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    train(parse_config(tiny_args(shards, tmp_path, "--wandb-project", "gpt2-tests", "--max-steps", "3")))
-    files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
-    assert len(files) == 1
-    history, config = {}, {}
-    for record in wandb_records(files[0]):
-        kind = record.WhichOneof("record_type")
-        if kind == "history":
-            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
-            history[int(items.pop("_step"))] = items
-        elif kind in ("run", "config"):
-            updates = record.run.config.update if kind == "run" else record.config.update
-            config.update({item.key: json.loads(item.value_json) for item in updates})
-    train_loss = log_events(tmp_path / "log.txt", "train")
-    assert sorted(history) == [0, 1, 2, 3]
-    assert {s: round(h["train/loss"], 6) for s, h in history.items() if "train/loss" in h} == train_loss
-    assert round(history[3]["val/loss"], 4) == log_events(tmp_path / "log.txt", "val")[3]
+class FakeRun:
+    def __init__(self, settings):
+        self.settings, self.history, self.exit_code = settings, {}, None
+
+    def log(self, scalars, step):
+        self.history.setdefault(step, {}).update(scalars)
+
+    def finish(self, exit_code=0):
+        self.exit_code = exit_code
+
+
+@pytest.fixture
+def fake_wandb(monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    return fake
+
+
+def test_wandb_gets_the_curves_and_the_config_and_a_stopped_run_is_continued(shards, tmp_path, monkeypatch,
+                                                                              fake_wandb):
+    args = tiny_args(shards, tmp_path, "--wandb-project", "gpt2-tests", "--max-steps", "3")
+    train(parse_config(args))
+    (run,) = fake_wandb.runs
+    run_id = (tmp_path / "wandb_run_id").read_text().strip()
+    assert run.settings["project"] == "gpt2-tests" and run.settings["id"] == run_id
+    assert run.settings["resume"] == "allow" and run.settings["dir"] == str(tmp_path)
+    config = run.settings["config"]
     assert config["max_lr"] == 1e-2 and config["model_config"]["n_layer"] == 2 and config["world_size"] == 1
-    assert (tmp_path / "wandb_run_id").read_text().strip() in files[0].name
+    train_loss = log_events(tmp_path / "log.txt", "train")
+    assert sorted(run.history) == [0, 1, 2, 3] and run.settings["name"] == tmp_path.name
+    assert {s: round(h["train/loss"], 6) for s, h in run.history.items() if "train/loss" in h} == train_loss
+    assert round(run.history[3]["val/loss"], 4) == log_events(tmp_path / "log.txt", "val")[3]
+    assert run.exit_code == 0
+
+    # stopped by Ctrl-C in step 4 (its second micro-batch): marked failed; the rerun continues the same W&B run
+    real, batches = ShardLoader.next_batch, {"n": 0}
+
+    def next_batch(self):
+        batches["n"] += self.split == "train"
+        if batches["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self)
+
+    args = tiny_args(shards, tmp_path, "--wandb-project", "gpt2-tests", "--max-steps", "6")
+    with monkeypatch.context() as patch:
+        patch.setattr(ShardLoader, "next_batch", next_batch)
+        with pytest.raises(Exit, match="stopped by SIGINT at step 4"):
+            train(parse_config(args))
+    train(parse_config(args))
+    first, stopped, rerun = fake_wandb.runs
+    assert stopped.settings["id"] == rerun.settings["id"] == run_id
+    assert (stopped.exit_code, rerun.exit_code) == (1, 0)
+    logged = [sorted(step for step, scalars in run.history.items() if scalars) for run in (stopped, rerun)]
+    assert logged == [[3], [4, 5, 6]]  # each from its resumed step on: 3's val again, then the steps it trained
 
 
 def test_build_nanogpt_notebook_parser_reads_the_log_once_it_skips_comment_lines(shards, tmp_path):
@@ -139,7 +164,4 @@ def test_ctrl_c_to_the_process_group_with_wandb_stops_cleanly_and_resumes_the_sa
     result = train(parse_config([*args, "--max-steps", str(int(stop[0]) + 2)]))  # the last --max-steps counts
     assert len(result["losses"]) == 2 and (tmp_path / "wandb_run_id").read_text().strip() == run_id
     sessions = sorted(tmp_path.glob(f"wandb/offline-run-*-{run_id}/run-*.wandb"))
-    assert len(sessions) == 2  # two sessions of one W&B run: the stopped one marked failed, the last finished
-    exit_codes = [[r.exit.exit_code for r in wandb_records(f) if r.WhichOneof("record_type") == "exit"]
-                  for f in sessions]
-    assert exit_codes == [[1], [0]]
+    assert len(sessions) == 2  # two sessions of one W&B run

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import HAS_CXX, make_hf_model, shape_only
 
-from model import GPT, GPTConfig, config_from_hf, config_from_preset
+from model import GPT, Decoding, GPTConfig, config_from_hf, config_from_preset
 
 # fp32 on CPU: our SDPA attention and transformers' differ only in summation order, ~1e-7 relative on logits
 # of magnitude ~1; 1e-4 leaves room for other BLAS builds while still catching any real mapping error.
@@ -175,29 +175,29 @@ def test_optimizer_groups_of_124m_match_build_nanogpt_report(capsys):
 
 
 def test_prefill_then_decoding_steps_equal_the_full_forward():
-    """The prompt through the cache, then one step per token at a tensor position over the whole masked cache: the
-    full forward's logits at every position. The caches are reused from an earlier, longer call: what it left
-    behind the mask must not matter."""
+    """The prompt through the caches, then one step per token at a tensor position, in both forms (the whole cache
+    under the step's mask, and the filled positions only): the full forward's logits at every position. The caches
+    are reused from an earlier, longer call: what it left behind the mask must not matter."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=24, vocab_size=80, n_layer=2, n_head=2, n_embd=16)).eval()
+    cpu = torch.device("cpu")
     x = torch.randint(0, 80, (2, 24))
     model.generate(torch.randint(0, 80, (2, 20)), 4)  # fills the (2, float32, cpu) caches to the end
-    caches = model.kv_caches(2, torch.float32, torch.device("cpu"))
+    caches = model.setup_caches(2, torch.float32, cpu)
     addresses = [(c.k.data_ptr(), c.v.data_ptr()) for c in caches]
     model.generate(torch.randint(0, 80, (2, 3)), 6)
-    assert caches is model.kv_caches(2, torch.float32, torch.device("cpu"))  # kept, not remade ...
+    assert caches is model.setup_caches(2, torch.float32, cpu)  # kept, not remade ...
     assert [(c.k.data_ptr(), c.v.data_ptr()) for c in caches] == addresses  # ... at the same addresses
+    assert [block.attn.kv_cache for block in model.transformer.h] == caches  # attached to the attention layers
     with torch.no_grad():
         full = model(x)[0]  # (2, 24, 80)
-        prefill = model.next_token_logits(x[:, :5], caches)
-        assert (prefill - full[:, 4]).abs().max().item() < 1e-5
-        for t in range(5, 24):  # the compiled step's form: the whole cache, masked
-            step = model.next_token_logits(x[:, t : t + 1], caches, torch.tensor([t]))
-            assert (step - full[:, t]).abs().max().item() < 1e-5
-        model.next_token_logits(x[:, :5], caches)
-        for t in range(5, 24):  # the eager step's form: the filled positions only
-            step = model.next_token_logits(x[:, t : t + 1], caches, torch.tensor([t]), t + 1)
-            assert (step - full[:, t]).abs().max().item() < 1e-5
+        for static in (True, False):
+            step = model.decoding_step(cpu, compile=False, static=static)
+            prefill = model.next_token_logits(x[:, :5], Decoding(torch.arange(5)))
+            assert (prefill - full[:, 4]).abs().max().item() < 1e-5
+            for t in range(5, 24):
+                logits = step(x[:, t : t + 1], torch.tensor([t]), t + 1)
+                assert (logits - full[:, t]).abs().max().item() < 1e-5, (static, t)
 
 
 @pytest.mark.skipif(not HAS_CXX, reason="torch.compile on the CPU needs a C++ compiler")
@@ -238,16 +238,17 @@ def test_the_static_step_of_cuda_graphs_compiles_once_for_every_position():
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=24, vocab_size=80, n_layer=2, n_head=2, n_embd=16)).eval()
-    step = torch.compile(model.next_token_logits, fullgraph=True, dynamic=False)
+    cpu = torch.device("cpu")
+    step = model.decoding_step(cpu, compile=True, static=True)  # the form generate compiles on CUDA
     counters.clear()
-    caches = model.kv_caches(2, torch.float32, torch.device("cpu"))
+    model.setup_caches(2, torch.float32, cpu)
     for prompt_len in (3, 11):  # two "generate calls": a prefill, then steps at tensor positions
         x = torch.randint(0, 80, (2, 24))
         with torch.no_grad():
             full = model(x)[0]  # (2, 24, 80)
-            model.next_token_logits(x[:, :prompt_len], caches)
+            model.next_token_logits(x[:, :prompt_len], Decoding(torch.arange(prompt_len)))
             for t in range(prompt_len, 24):
-                logits = step(x[:, t : t + 1].contiguous(), caches, torch.tensor([t]))
+                logits = step(x[:, t : t + 1].contiguous(), torch.tensor([t]), t + 1)
                 assert (logits - full[:, t]).abs().max().item() < 1e-5
     assert counters["stats"]["unique_graphs"] == 1
 

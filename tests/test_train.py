@@ -152,6 +152,20 @@ def test_init_from_weights_and_a_model_flag_that_disagrees(shards, tiny_hf_dir, 
         assert state["config"]["vocab_size"] == 50257 and len(result["losses"]) == 1
 
 
+def test_a_fine_tune_resumes_in_the_shape_of_its_weights(shards, tiny_hf_dir, tmp_path):
+    """--init-from's weights (GPT-2's unpadded vocabulary), stopped after the step-3 checkpoint and rerun by the same
+    command: the rerun continues them bitwise; it used to rebuild the default gpt2 shape and fail to load."""
+    args = tiny_args(shards, tmp_path / "whole", "--init-from", str(tiny_hf_dir), "--max-steps", "5")[2:]  # no --model
+    whole = train(parse_config(args))
+    shutil.copytree(tmp_path / "whole", tmp_path / "split")
+    (tmp_path / "split" / "ckpt_000005.pt").unlink()
+    resumed = train(parse_config([*args, "--run-dir", str(tmp_path / "split")]))
+    assert resumed["losses"] == whole["losses"][3:]
+    a, b = (load_checkpoint(tmp_path / run / "ckpt_000005.pt") for run in ("whole", "split"))
+    assert a["config"]["vocab_size"] == b["config"]["vocab_size"] == 50257
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(shards, tmp_path, capsys):
     args = tiny_args(shards, tmp_path, "--max-lr", "1e35", "--warmup-steps", "0", "--checkpoint-interval", "1",
                      "--max-steps", "20")

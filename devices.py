@@ -1,4 +1,5 @@
-"""What every script that runs a model shares: device and dtype choice, mixed precision, timing, peak FLOP/s."""
+"""Devices and precision, for every script that runs a model: which device and autocast dtype (and the one definition
+of --device and --dtype), TF32, which attention kernel and compile mode, device synchronisation, peak FLOP/s."""
 
 import argparse
 import contextlib
@@ -112,14 +113,22 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", **DTYPE_FLAG)
 
 
+def precision_of(device: torch.device, dtype: str) -> torch.dtype:
+    """pick_dtype, its error naming --dtype and the device: "--dtype float16 on cpu: float16 needs a GPU ..."."""
+    try:
+        return pick_dtype(device, dtype)
+    except ValueError as e:
+        raise ValueError(f"--dtype {dtype} on {device}: {e}") from None
+
+
 def device_and_dtype(parser: argparse.ArgumentParser, device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     """The device and autocast dtype of a parsed command line; a combination that cannot run (float16 on the CPU)
     is a usage error."""
     chosen = pick_device(device)
     try:
-        return chosen, pick_dtype(chosen, dtype)
+        return chosen, precision_of(chosen, dtype)
     except ValueError as e:
-        parser.error(f"--dtype {dtype} on {chosen}: {e}")
+        parser.error(str(e))
 
 
 # Training-speed levers shared by train_gpt2.py and bench.py: which SDPA kernel attention uses, how torch.compile

@@ -1,0 +1,132 @@
+"""The ranks of a run: joining and leaving torchrun's process group (nccl on CUDA, gloo on the CPU, every collective
+bounded by --dist-timeout), the small collectives the loop uses, the DDP wrapper for training, and the one line a
+run ends with when it loses a peer.
+
+Every rank calls every collective here; nothing gathers or reduces on the master rank alone.
+"""
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from cli import first_line
+from devices import pick_device
+
+
+@dataclass
+class Ranks:
+    """This process's place among the ranks, and the collectives of the loop."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")  # where collectives run: the GPU with nccl, the CPU with gloo
+
+    @classmethod
+    def from_environment(cls) -> "Ranks":
+        """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them, one process."""
+        if "RANK" not in os.environ:
+            return cls()
+        return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def all_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean over ranks, in place (SUM then divide: gloo has no AVG)."""
+        if self.enabled:
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            value /= self.world_size
+        return value
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sums over ranks, in float64."""
+        if not self.enabled:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total.tolist()
+
+    def any_rank(self, *flags: bool) -> list[bool]:
+        """Each flag, true if it is true on any rank: how the ranks agree (one small collective)."""
+        return [total > 0 for total in self.all_sum([float(f) for f in flags])]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def join(ranks: Ranks, device_name: str, timeout_seconds: float) -> torch.device:
+    """Join the process group torchrun describes, every collective bounded by the timeout; return this rank's
+    device (one process: --device's)."""
+    device = pick_device(device_name)
+    if not ranks.enabled:
+        return device
+    timeout = timedelta(seconds=timeout_seconds)
+    if device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl", device_id=device, timeout=timeout)
+    else:
+        # share the cores between the local processes instead of oversubscribing them
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        dist.init_process_group(backend="gloo", timeout=timeout)
+    ranks.device = device
+    return device
+
+
+@contextlib.contextmanager
+def process_group(ranks: Ranks, device_name: str, timeout_seconds: float) -> Iterator[torch.device]:
+    """The process group for the life of a run: joined (see join), this rank's device given, left at the end; an
+    error that comes from losing a peer ends the run as one line (a ConnectionError, see lost_contact)."""
+    try:
+        yield join(ranks, device_name, timeout_seconds)
+    except RuntimeError as e:
+        message = lost_contact(e, ranks, timeout_seconds) if ranks.enabled else None
+        if message is None:
+            raise
+        raise ConnectionError(message) from None
+    finally:
+        if ranks.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def lost_contact(e: BaseException, ranks: Ranks, timeout_seconds: float) -> Optional[str]:
+    """One line for an error that comes from losing a peer (a crash, a frozen or unreachable rank), else None."""
+    text = first_line(e)
+    if not (isinstance(e, dist.DistError) or re.search(r"gloo|nccl|connection|timed out|timeout", text, re.I)):
+        return None
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]  # without gloo's "[.../pair.cc:537] " and advice
+    if re.search(r"timed out|timeout", text, re.I):
+        cause += f"; no answer from a peer within --dist-timeout {timeout_seconds:g} s"
+    return (f"rank {ranks.rank} of {ranks.world_size}: lost contact with the other ranks ({cause}); torchrun's "
+            f"summary names the rank that failed first; rerun the same command to continue from the newest checkpoint")
+
+
+def wrap_for_training(model: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
+    """The model as training runs it: under DDP, which all-reduces the gradients during backward, when there are
+    several ranks; as it is otherwise."""
+    if not ranks.enabled:
+        return model
+    return DDP(model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None)
+
+
+def gradient_sync(train_model: torch.nn.Module, ranks: Ranks, sync: bool) -> contextlib.AbstractContextManager:
+    """Around a micro-step's forward and backward: without sync, the gradients only accumulate on this rank (DDP's
+    no_sync), so they are all-reduced once per optimizer step, on its last micro-step."""
+    if ranks.enabled and not sync:
+        return train_model.no_sync()
+    return contextlib.nullcontext()
