@@ -41,7 +41,7 @@ from devices import (
     synchronize,
 )
 from dataloader import ShardLoader
-from fineweb import expand_inputs, iter_local_documents
+from fineweb import BUNDLED_CORPUS, expand_inputs, iter_local_documents
 from metrics import mfu_percent
 from model import GPT, PADDED_VOCAB_SIZE, config_from_preset, configure_optimizers
 from tokenizer import N_VOCAB, get_tokenizer
@@ -312,7 +312,7 @@ def bench_generate(args) -> None:
 
 def bench_data(args) -> None:
 
-    files = expand_inputs(args.input or [str(ROOT / "assets" / "shakespeare")])
+    files = expand_inputs(args.input or [str(BUNDLED_CORPUS)])
     docs = list(iter_local_documents(files, "text")) * args.copies  # enough text to amortise the pool start-up
     enc = get_tokenizer()
     t0 = time.perf_counter()
@@ -396,7 +396,7 @@ def parse_args(argv: Optional[list[str]] = None):
         try:
             check_attention_backend(args.attention, args.device)
         except ValueError as e:
-            parser.error(f"--attention: {e}")
+            parser.error(str(e))
     return args
 
 

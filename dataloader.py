@@ -53,6 +53,7 @@ class ShardLoader:
         split: str,
         B: int,
         T: int,
+        *,
         rank: int = 0,
         world_size: int = 1,
         device: Union[str, torch.device] = "cpu",

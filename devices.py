@@ -113,10 +113,10 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", **DTYPE_FLAG)
 
 
-def precision_of(device: torch.device, dtype: str) -> torch.dtype:
-    """pick_dtype, its error naming --dtype and the device: "--dtype float16 on cpu: float16 needs a GPU ..."."""
+def check_dtype(device: torch.device, dtype: str) -> None:
+    """--dtype must run on the device; the error names both: "--dtype float16 on cpu: float16 needs a GPU ..."."""
     try:
-        return pick_dtype(device, dtype)
+        pick_dtype(device, dtype)
     except ValueError as e:
         raise ValueError(f"--dtype {dtype} on {device}: {e}") from None
 
@@ -126,9 +126,10 @@ def device_and_dtype(parser: argparse.ArgumentParser, device: str, dtype: str) -
     is a usage error."""
     chosen = pick_device(device)
     try:
-        return chosen, precision_of(chosen, dtype)
+        check_dtype(chosen, dtype)
     except ValueError as e:
         parser.error(str(e))
+    return chosen, pick_dtype(chosen, dtype)
 
 
 # Training-speed levers shared by train_gpt2.py and bench.py: which SDPA kernel attention uses, how torch.compile
@@ -139,10 +140,12 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 def check_attention_backend(name: str, device: torch.device) -> None:
+    """--attention's kernel must exist, and on this device; the error names the flag."""
     if name not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose from {', '.join(ATTENTION_BACKENDS)}")
+        raise ValueError(f"--attention: unknown attention backend {name!r}; choose from "
+                         f"{', '.join(ATTENTION_BACKENDS)}")
     if name in CUDA_ONLY_ATTENTION and device.type != "cuda":
-        raise ValueError(f"the {name} attention kernel needs CUDA (on {device}: auto, flash or math)")
+        raise ValueError(f"--attention: the {name} attention kernel needs CUDA (on {device}: auto, flash or math)")
 
 
 def attention_backend(name: str) -> contextlib.AbstractContextManager:

@@ -30,6 +30,7 @@ from files import atomic_file, no_empty_directory_on_failure, remove_stale_tempo
 from network import hub_endpoint, offline_switch, unreachable
 from tokenizer import EOT_ID, VOCAB_SHA256, get_tokenizer
 
+BUNDLED_CORPUS = Path(__file__).resolve().parent / "assets" / "shakespeare"  # the quickstart's and bench.py's text
 FINEWEB_DATASET = "HuggingFaceFW/fineweb-edu"
 FINEWEB_CONFIG = "sample-10BT"
 SHARD_SIZE = 100_000_000
@@ -233,34 +234,31 @@ def start_or_resume(out_dir: Path, settings: dict) -> dict:
     return {"settings": settings, "shards": [], "next": {"document": 0, "offset": 0}, "complete": False}
 
 
-def build_shards(
-    source: Source,
-    out_dir: Path,
-    prefix: str = "edufineweb",
-    shard_size: int = SHARD_SIZE,
-    val_tokens: Optional[int] = None,
-    workers: int = 1,
-    streaming: bool = False,
-) -> dict:
+def build_shards(source: Source, out_dir: Path, prefix: str = "edufineweb", *, shard_size: int = SHARD_SIZE,
+                 val_tokens: Optional[int] = None, workers: int = 1, streaming: bool = False) -> dict:
     """Tokenize the source into shards in out_dir (resuming an earlier run); return the finished manifest."""
-    if val_tokens is None:
-        val_tokens = default_val_tokens(source, shard_size)
-    with no_empty_directory_on_failure(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return write_shards(source, out_dir, prefix, shard_size, val_tokens, workers, streaming)
-
-
-def write_shards(source: Source, out_dir: Path, prefix: str, shard_size: int, val_tokens: int, workers: int,
-                 streaming: bool) -> dict:
     settings = {
         "source": asdict(source),
         "prefix": prefix,
         "shard_size": shard_size,
-        "val_tokens": val_tokens,
+        "val_tokens": default_val_tokens(source, shard_size) if val_tokens is None else val_tokens,
         "dtype": "uint16",
         "eot": EOT_ID,
         "tokenizer": f"gpt2 (tiktoken ranks sha256 {VOCAB_SHA256})",
     }
+    with no_empty_directory_on_failure(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return write_shards(source, out_dir, settings, workers, streaming)
+
+
+def tokenize_bundled_corpus(out_dir: Path, prefix: str) -> dict:
+    """The bundled Shakespeare plays as shards in out_dir, in one process."""
+    return build_shards(Source("local", files=expand_inputs([str(BUNDLED_CORPUS)])), out_dir, prefix, workers=1)
+
+
+def write_shards(source: Source, out_dir: Path, settings: dict, workers: int, streaming: bool) -> dict:
+    """build_shards' work, once out_dir exists: `settings` are the manifest's."""
+    shard_size, val_tokens = settings["shard_size"], settings["val_tokens"]
     manifest = start_or_resume(out_dir, settings)
     if manifest["complete"]:
         print(f"{out_dir}: already complete ({len(manifest['shards'])} shards)")
@@ -287,11 +285,12 @@ def write_shards(source: Source, out_dir: Path, prefix: str, shard_size: int, va
                 fill, pos = fill + take, pos + take
                 bar.update(take)
                 if fill == len(buffer):
-                    resume_at = {"document": doc_index, "offset": pos} if pos < len(tokens) else None
-                    written = finish_shard(out_dir, manifest, buffer, written, val_tokens, doc_index + 1, resume_at)
+                    resume_at = {"document": doc_index, "offset": pos} if pos < len(tokens) else \
+                        {"document": doc_index + 1, "offset": 0}
+                    written = finish_shard(out_dir, manifest, buffer, written, resume_at)
                     buffer, fill = np.empty(capacity(), dtype=np.uint16), 0
     if fill:
-        written = finish_shard(out_dir, manifest, buffer[:fill], written, val_tokens, doc_index + 1, None)
+        written = finish_shard(out_dir, manifest, buffer[:fill], written, {"document": doc_index + 1, "offset": 0})
     if written == 0:
         raise ValueError("the input holds no documents")
     if written <= val_tokens:
@@ -305,22 +304,15 @@ def write_shards(source: Source, out_dir: Path, prefix: str, shard_size: int, va
     return manifest
 
 
-def finish_shard(
-    out_dir: Path,
-    manifest: dict,
-    tokens: np.ndarray,
-    written: int,
-    val_tokens: int,
-    next_document: int,
-    resume_at: Optional[dict],
-) -> int:
-    """Write a full buffer as the next shard and record where a resumed run picks up; return tokens written."""
+def finish_shard(out_dir: Path, manifest: dict, tokens: np.ndarray, written: int, resume_at: dict) -> int:
+    """Write a full buffer as the next shard and record where a resumed run picks up (resume_at: the document and
+    the offset in it); return the tokens written so far."""
     index = len(manifest["shards"])
-    split = "val" if written < val_tokens else "train"
+    split = "val" if written < manifest["settings"]["val_tokens"] else "train"
     name = shard_name(manifest["settings"]["prefix"], split, index)
     digest = write_shard(out_dir / name, tokens)
     manifest["shards"].append({"name": name, "split": split, "tokens": int(len(tokens)), "sha256": digest})
-    manifest["next"] = resume_at or {"document": next_document, "offset": 0}
+    manifest["next"] = resume_at
     write_manifest(out_dir, manifest)
     return written + len(tokens)
 
@@ -366,8 +358,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     else:
         source = Source(kind="hub", dataset=args.dataset, config=args.config, split=args.split,
                         text_field=args.text_field)
-    manifest = build_shards(source, Path(args.out), args.prefix, args.shard_size, args.val_tokens,
-                            args.workers, args.streaming)
+    manifest = build_shards(source, Path(args.out), args.prefix, shard_size=args.shard_size,
+                            val_tokens=args.val_tokens, workers=args.workers, streaming=args.streaming)
     splits = {s: sum(x["tokens"] for x in manifest["shards"] if x["split"] == s) for s in ("val", "train")}
     print(f"{args.out}: {len(manifest['shards'])} shards, {splits['val']:,} val + {splits['train']:,} train tokens")
 

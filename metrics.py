@@ -48,6 +48,11 @@ def mfu_percent(flops_per_token: float, tokens_per_sec: float, peak_flops: Optio
     return 100 * flops_per_token * tokens_per_sec / devices / peak_flops
 
 
+def utc_now() -> str:
+    """The time stamp of log.txt's '#' lines: '2026-11-27T14:13:00+00:00'."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -157,7 +162,7 @@ class RunLog:
 
     def header(self, config: dict[str, Any], model_config: dict[str, Any]) -> None:
         """The top of a run's section of log.txt: when, the full config, the model, library versions and commit."""
-        self.comment(f"run started {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+        self.comment(f"run started {utc_now()}")
         self.comment("config " + json.dumps(config))
         self.comment("model " + json.dumps(model_config))
         for line in describe_environment():

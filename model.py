@@ -447,12 +447,11 @@ class GPT(nn.Module):
         device = prompt.device
         self.setup_caches(B, activation_dtype(self, device), device)
         step = self.decoding_step(device, compile)
-        logits = self.next_token_logits(prompt, Decoding(torch.arange(T, device=device)))
-        pos = torch.full((1,), T, dtype=torch.long, device=device)  # where the next token's k, v go
-        for length in range(T, T + new_tokens):
-            if length > T:
-                logits = step(next_id, pos, length)  # (B, V): next_id sits at position length - 1 = pos
-                pos += 1
+        next_id = emit(T, self.next_token_logits(prompt, Decoding(torch.arange(T, device=device))))  # (B, 1)
+        pos = torch.full((1,), T, dtype=torch.long, device=device)  # where next_id's k, v go
+        for length in range(T + 1, T + new_tokens):
+            logits = step(next_id, pos, length)  # (B, V), the first `length` positions filled
+            pos += 1
             next_id = emit(length, logits)
 
 

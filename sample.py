@@ -26,6 +26,7 @@ def sample_texts(
     num_samples: int,
     max_new_tokens: int,
     device: torch.device,
+    *,
     temperature: float = 1.0,
     top_k: Optional[int] = 50,
     seed: int = 42,

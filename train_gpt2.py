@@ -23,63 +23,30 @@ import math  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Optional  # noqa: E402
+from typing import Any, Callable, Optional  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from checkpoint import (  # noqa: E402
-    DEFAULT_RUN_DIR,
-    Progress,
-    TrainState,
-    checkpoint_path,
-    config_from_checkpoint,
-    load_checkpoint,
-    load_model,
-    newest_checkpoint,
-    remove_unfinished_checkpoints,
-    save_training_state,
-)
-from cli import (  # noqa: E402
-    Exit,
-    StopRequest,
-    check_fields,
-    flag,
-    fraction,
-    non_negative,
-    option,
-    parse_dataclass,
-    positive,
-    run_cli,
-)
+from checkpoint import (DEFAULT_RUN_DIR, Progress, TrainState, checkpoint_path, config_from_checkpoint,  # noqa: E402
+                        load_checkpoint, load_model, newest_checkpoint, remove_unfinished_checkpoints,
+                        save_training_state)
+from cli import (Exit, StopRequest, check_fields, flag, fraction, non_negative, option, parse_dataclass,  # noqa: E402
+                 positive, run_cli)
 from dataloader import ShardLoader, list_shards  # noqa: E402
-from devices import (  # noqa: E402
-    ATTENTION_BACKENDS,
-    COMPILE_MODES,
-    DEVICE_FLAG,
-    DTYPE_FLAG,
-    allow_tf32,
-    attention_backend,
-    autocast,
-    check_attention_backend,
-    compile_model,
-    compile_wanted,
-    peak_flops_of,
-    pick_device,
-    precision_of,
-)
+from devices import (ATTENTION_BACKENDS, COMPILE_MODES, DEVICE_FLAG, DTYPE_FLAG, allow_tf32,  # noqa: E402
+                     attention_backend, autocast, check_attention_backend, check_dtype, compile_model, compile_wanted,
+                     peak_flops_of, pick_device, pick_dtype)
 from distributed import Ranks, gradient_sync, process_group, wrap_for_training  # noqa: E402
+from fineweb import BUNDLED_CORPUS, tokenize_bundled_corpus  # noqa: E402
 from hellaswag import load_for_training, score_examples  # noqa: E402
-from metrics import RunLog, StepTimer, check_wandb_installed, run_summary  # noqa: E402
+from metrics import RunLog, StepTimer, check_wandb_installed, run_summary, utc_now  # noqa: E402
 from model import GPT, PADDED_VOCAB_SIZE, PRESETS, GPTConfig, config_from_preset, configure_optimizers  # noqa: E402
 from sample import sample_texts  # noqa: E402
 from tokenizer import N_VOCAB  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = "gpt2"
-QUICKSTART_CORPUS = ROOT / "assets" / "shakespeare"
 QUICKSTART_DATA = "data/shakespeare"  # the quickstart tokenizes the bundled corpus here on first use
 HELLASWAG_CHUNK = 64  # examples scored between two looks at the stop request
 SAMPLE_TOP_K = 50
@@ -166,11 +133,8 @@ class TrainConfig:
             raise ValueError(f"--val-tokens {self.val_tokens} is less than one micro-batch (--micro-batch-size x "
                              f"--seq-len = {self.micro_batch_size * self.seq_len})")
         device = pick_device(self.device)
-        precision_of(device, self.dtype)
-        try:
-            check_attention_backend(self.attention, device)
-        except ValueError as e:
-            raise ValueError(f"--attention: {e}") from None
+        check_dtype(device, self.dtype)
+        check_attention_backend(self.attention, device)
         if self.wandb_project:
             check_wandb_installed()
         if self.data_dir != QUICKSTART_DATA:
@@ -314,11 +278,8 @@ def prepare_data(ctx: RunContext) -> None:
     except FileNotFoundError:
         pass
     if ctx.ranks.master:
-        from fineweb import Source, build_shards, expand_inputs
-
-        ctx.log.say(f"tokenizing the bundled corpus {QUICKSTART_CORPUS} -> {ctx.cfg.data_dir}")
-        build_shards(Source("local", files=expand_inputs([str(QUICKSTART_CORPUS)])), Path(ctx.cfg.data_dir),
-                     prefix="shakespeare", workers=1)
+        ctx.log.say(f"tokenizing the bundled corpus {BUNDLED_CORPUS} -> {ctx.cfg.data_dir}")
+        tokenize_bundled_corpus(Path(ctx.cfg.data_dir), "shakespeare")
     ctx.ranks.barrier()
 
 
@@ -540,7 +501,7 @@ class Evaluator:
         if scalars is None:
             return None
         texts = self.samples() if "samples" in names and self.ctx.ranks.master else []
-        self.log(step, scalars, texts)
+        self.report(step, scalars, texts)
         return scalars
 
     def measure(self, names: set[str]) -> Optional[dict[str, float]]:
@@ -558,39 +519,45 @@ class Evaluator:
                 scalars["hellaswag/acc_norm"] = acc_norm
         return scalars
 
+    def summed_over_ranks(self, pieces: int, piece: Callable[[int], list[float]],
+                          width: int) -> Optional[list[float]]:
+        """The sums of piece(0), ..., piece(pieces - 1) (each `width` numbers) on this rank, then over the ranks;
+        None if a stop request cut the work short on any rank. The request is looked at before each piece."""
+        sums, abandoned = [0.0] * width, 0.0
+        for i in range(pieces):
+            if self.ctx.stop.requested:
+                abandoned = 1.0
+                break
+            sums = [total + value for total, value in zip(sums, piece(i))]
+        *sums, abandoned = self.ctx.ranks.all_sum([*sums, abandoned])
+        return None if abandoned else sums
+
     @torch.no_grad()
     def val_loss(self) -> Optional[float]:
         """Mean loss over the first val_windows B x T windows of the val split, the same windows at every world size
-        (rank r takes windows r, r + W, ...), summed over ranks."""
-        ranks, stop = self.ctx.ranks, self.ctx.stop
+        (rank r takes windows r, r + W, ...)."""
+        rank, world_size = self.ctx.ranks.rank, self.ctx.ranks.world_size
+
+        def window(i: int) -> list[float]:
+            x, y = self.val_loader.next_batch()  # (B, T) each: window i * W + r; every rank reads its window
+            return [self.forward(x, y)[1].item()] if i * world_size + rank < self.val_windows else [0.0]
+
         self.forward.eval()
         self.val_loader.reset()
-        total, abandoned = 0.0, 0.0
-        for first in range(0, self.val_windows, ranks.world_size):
-            if stop.requested:
-                abandoned = 1.0
-                break
-            x, y = self.val_loader.next_batch()  # (B, T) each: window first + rank
-            if first + ranks.rank < self.val_windows:
-                _, loss = self.forward(x, y)
-                total += loss.item()
+        sums = self.summed_over_ranks(-(-self.val_windows // world_size), window, 1)
         self.forward.train()
-        total, abandoned = ranks.all_sum([total, abandoned])
-        return None if abandoned else total / self.val_windows
+        return None if sums is None else sums[0] / self.val_windows
 
     def hellaswag_acc_norm(self) -> Optional[float]:
-        """acc_norm over all examples, split across ranks (rank r scores r, r + W, ...), the counts summed."""
-        ranks, stop = self.ctx.ranks, self.ctx.stop
-        mine = self.examples[ranks.rank :: ranks.world_size]
-        correct, total, abandoned = 0.0, 0.0, 0.0
-        for start in range(0, len(mine), HELLASWAG_CHUNK):
-            if stop.requested:
-                abandoned = 1.0
-                break
-            counts = score_examples(self.model, mine[start : start + HELLASWAG_CHUNK], self.ctx.device)
-            correct, total = correct + counts["acc_norm_correct"], total + counts["total"]
-        correct, total, abandoned = ranks.all_sum([correct, total, abandoned])
-        return None if abandoned else correct / total
+        """acc_norm over all examples, split across ranks (rank r scores r, r + W, ...)."""
+        mine = self.examples[self.ctx.ranks.rank :: self.ctx.ranks.world_size]
+
+        def chunk(i: int) -> list[float]:
+            counts = score_examples(self.model, mine[i * HELLASWAG_CHUNK : (i + 1) * HELLASWAG_CHUNK], self.ctx.device)
+            return [counts["acc_norm_correct"], counts["total"]]
+
+        sums = self.summed_over_ranks(-(-len(mine) // HELLASWAG_CHUNK), chunk, 2)
+        return None if sums is None else sums[0] / sums[1]
 
     def samples(self) -> list[str]:
         cfg = self.ctx.cfg
@@ -598,11 +565,12 @@ class Evaluator:
             return sample_texts(self.model, cfg.sample_prompt, cfg.num_samples, cfg.sample_tokens, self.ctx.device,
                                 top_k=SAMPLE_TOP_K, seed=cfg.seed)
 
-    def log(self, step: int, scalars: dict[str, float], texts: list[str]) -> None:
+    def report(self, step: int, scalars: dict[str, float], texts: list[str]) -> None:
+        """The evaluations' lines on the console and in log.txt, their scalars in the live metrics."""
         log = self.ctx.log
-        for tag, kind, label in (("val/loss", "val", "val loss"), ("hellaswag/acc_norm", "hella", "HellaSwag acc_norm")):
+        for tag, kind, name in (("val/loss", "val", "val loss"), ("hellaswag/acc_norm", "hella", "HellaSwag acc_norm")):
             if tag in scalars:
-                log.say(f"step {step:5d} | {label} {scalars[tag]:.4f}")
+                log.say(f"step {step:5d} | {name} {scalars[tag]:.4f}")
                 log.events(step, {kind: scalars[tag]})
         log.scalars(step, scalars)
         for i, text in enumerate(texts, start=1):
@@ -680,8 +648,7 @@ def evaluate_only(ctx: RunContext) -> dict[str, Any]:
     val_loss, acc_norm = scalars["val/loss"], scalars.get("hellaswag/acc_norm")
     hella = f"HellaSwag acc_norm {acc_norm:.4f} on {len(evaluator.examples):,} examples" if acc_norm is not None \
         else f"HellaSwag {evaluator.hellaswag_status}"
-    ctx.log.comment(f"eval-only at {datetime.now(timezone.utc).isoformat(timespec='seconds')}, config "
-                    + json.dumps(dataclasses.asdict(cfg)))
+    ctx.log.comment(f"eval-only at {utc_now()}, config {json.dumps(dataclasses.asdict(cfg))}")
     ctx.log.note(f"eval-only {init}: val loss {val_loss:.4f} on {evaluator.val_tokens:,} tokens of {cfg.data_dir}; "
                  f"{hella}")
     return {"val_loss": val_loss, "hellaswag": acc_norm, "init": init}
@@ -694,7 +661,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     with StopRequest() as stop, RunLog(Path(cfg.run_dir), ranks.master) as log, \
             process_group(ranks, cfg.device, cfg.dist_timeout) as device:
         allow_tf32(device)
-        ctx = RunContext(cfg, ranks, device, precision_of(device, cfg.dtype), log, stop)
+        ctx = RunContext(cfg, ranks, device, pick_dtype(device, cfg.dtype), log, stop)
         return (evaluate_only if cfg.eval_only else run)(ctx)
 
 
