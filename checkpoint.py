@@ -144,7 +144,7 @@ class TrainState:
     def progress(self) -> Progress:
         return Progress(self.step, self.evaluations is not None)
 
-    def evaluated(self, scalars: Optional[dict[str, float]]) -> None:
+    def record_evaluations(self, scalars: Optional[dict[str, float]]) -> None:
         """Take the evaluations of this step: their scalars, or None if a stop cut them short (they are still due)."""
         self.evaluations = scalars
         if scalars is not None:

@@ -335,7 +335,7 @@ class GPT(nn.Module):
         return configure_optimizers(self.parameters(), weight_decay, learning_rate, device_type, log)
 
     # ----------------------------------------------------------------------------------------------------------
-    # Sampling
+    # Decoding
 
     def next_token_logits(self, idx: torch.Tensor, decoding: Optional[Decoding] = None) -> torch.Tensor:
         """Logits (B, V) for the token after idx (B, T), the vocabulary projected for the last position only."""

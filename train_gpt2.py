@@ -241,7 +241,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     while True:
         last = state.step >= cfg.max_steps
         if state.evaluations is None:
-            state.evaluated(evaluator.run(state.step, last))
+            state.record_evaluations(evaluator.run(state.step, last))
         if checkpoints.at_boundary(state, last):
             raise checkpoints.stopped(state)
         if last:

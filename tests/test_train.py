@@ -83,6 +83,15 @@ def test_loss_falls_and_resume_is_bitwise_exact(shards, tmp_path):
                       "evaluated"}
 
 
+def test_the_checkpoint_keys_documented_in_checkpoint_py_are_what_a_run_saves(shards, tmp_path):
+    import checkpoint
+
+    documented = re.findall(r"(?m)^  (\w+) {2,}\S", checkpoint.__doc__)  # the key list, documented once
+    train(parse_config(tiny_args(shards, tmp_path, "--max-steps", "1", "--warmup-steps", "0")))
+    saved = load_checkpoint(tmp_path / "ckpt_000001.pt")
+    assert len(documented) >= 10 and set(saved) == set(documented) - {"scaler"}  # the scaler: fp16 runs only
+
+
 # The first 20 train losses of a fixed tiny run (seed 1337, one CPU thread), stored so that any silent change to the
 # initialisation, data order, LR schedule, loss or optimizer fails here. At max LR 2e-3 the curve is smooth enough
 # that summation-order noise (~1e-7: other thread counts, other CPUs) stays below the 1e-5 tolerance; at 1e-2 it
