@@ -145,8 +145,8 @@ def test_checkpoints_by_time(shards, tmp_path):
 
 def test_signals_at_random_moments_of_the_command(shards, tmp_path, reference):
     """The real command, signalled at seeded random moments (start-up, steps, evaluations, saves), then rerun until it
-    finishes: never a traceback, a corrupt checkpoint or a temporary file left, a SIGKILL loses only the steps since
-    the newest checkpoint, and the whole is the same run as an unbroken one, bitwise."""
+    finishes: never a traceback or a corrupt checkpoint, no temporary file left past the next start, a SIGKILL loses
+    only the steps since the newest checkpoint, and the whole is the same run as an unbroken one, bitwise."""
     args = stop_args(shards, tmp_path / "run", "--checkpoint-interval", "3", "--keep-checkpoints", "2")
     log = tmp_path / "run" / "log.txt"
     rng = random.Random(20261126)
@@ -171,7 +171,10 @@ def test_signals_at_random_moments_of_the_command(shards, tmp_path, reference):
             except subprocess.TimeoutExpired:
                 proc.send_signal(signum)
         out, err = proc.communicate(timeout=300)
-        assert "Traceback" not in err and leftovers(tmp_path / "run") == [], err
+        killed = proc.returncode == -signal.SIGKILL
+        # a kill mid-save leaves its temporary file, which the next start removes (checked after the next attempt);
+        # no other end leaves one
+        assert "Traceback" not in err and (killed or leftovers(tmp_path / "run") == []), err
         for path in list_checkpoints(tmp_path / "run"):
             load_checkpoint(path)  # never corrupt
         if proc.returncode == 0:
