@@ -1,7 +1,7 @@
-"""The one checkpoint format and its one owner: the training state (TrainState, whose state_dict is the checkpoint),
-atomic saves, safe loads (weights_only), and "a model from --init" for every script.
+"""The one checkpoint format per mode and its one owner: the training state (TrainState, whose state_dict is the
+checkpoint), atomic saves, safe loads (weights_only, or DCP), and "a model from --init" for every script.
 
-A checkpoint is a dict of tensors and plain Python values, so torch.load(..., weights_only=True) reads it:
+A checkpoint holds tensors and plain Python values only, so torch.load(..., weights_only=True) reads it:
   model         the model's state_dict, keys as in model.py (never with _orig_mod. or module. prefixes)
   config        the GPTConfig, as a dict
   optimizer     AdamW's state_dict
@@ -15,11 +15,19 @@ A checkpoint is a dict of tensors and plain Python values, so torch.load(..., we
   evaluation    their scalars ({"val/loss": ..., "hellaswag/acc_norm": ...}), which a resumed run's live metrics
                 show again
 A model alone (sample.py, export) needs only model and config.
+
+Two forms, one per parallel mode. With DDP (or one process) a checkpoint is one file, ckpt_NNNNNN.pt, written by the
+master rank. With FSDP2 it is a directory, ckpt_NNNNNN/, a torch.distributed.checkpoint (DCP) checkpoint of model
+and optimizer (optimizer state keyed by parameter name), to which every rank writes its shards, plus state.pt with
+the other keys; DCP loads it at any world size, and into one process. Either form appears whole or not at all: a
+file is renamed into place once written, a directory once every rank has written its part.
 """
 
 import dataclasses
+import os
 import random
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
@@ -29,22 +37,28 @@ import torch
 
 from cli import first_line
 from dataloader import ShardLoader
-from files import atomic_file, remove_stale_temporaries
+from files import atomic_file, remove_stale_temporaries, sync_directory
 from model import GPT, HF_MODEL_NAMES, GPTConfig
 from network import hub_unreachable
 
 DEFAULT_RUN_DIR = "log"  # train_gpt2.py's --run-dir default, where sample.py looks when given no --init
-CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d{6,})\.pt$")
+CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d{6,})(\.pt)?$")  # a file, or a sharded checkpoint's directory
+SHARDED_STATE = "state.pt"  # in a sharded checkpoint's directory: every key but model and optimizer
 HUB_ADVICE = ("On a machine that is online run GPT2LMHeadModel.from_pretrained({name!r}).save_pretrained('DIR'), "
               "copy DIR here and pass its path")
 
 
-def checkpoint_path(run_dir: Union[str, Path], step: int) -> Path:
-    return Path(run_dir) / f"ckpt_{step:06d}.pt"
+def checkpoint_path(run_dir: Union[str, Path], step: int, sharded: bool = False) -> Path:
+    return Path(run_dir) / (f"ckpt_{step:06d}" if sharded else f"ckpt_{step:06d}.pt")
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """A DCP directory of ours: its .metadata and state.pt."""
+    return path.is_dir() and (path / ".metadata").is_file() and (path / SHARDED_STATE).is_file()
 
 
 def list_checkpoints(run_dir: Union[str, Path]) -> list[Path]:
-    """The run's checkpoints, oldest step first."""
+    """The run's checkpoints, files and directories, oldest step first."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
@@ -59,7 +73,7 @@ def newest_checkpoint(run_dir: Union[str, Path]) -> Optional[Path]:
 
 
 def remove_unfinished_checkpoints(run_dir: Union[str, Path]) -> list[Path]:
-    """Delete the temporary files of checkpoint saves that a kill interrupted."""
+    """Delete the temporary files and directories of checkpoint saves that a kill interrupted."""
     return remove_stale_temporaries(run_dir, CHECKPOINT_PATTERN)
 
 
@@ -73,21 +87,49 @@ def prune_checkpoints(run_dir: Union[str, Path], keep: int) -> None:
     """Delete all but the newest `keep` checkpoints (keep <= 0 keeps all)."""
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
-            old.unlink(missing_ok=True)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
-    """Read a checkpoint without unpickling arbitrary objects; clear errors for a missing or broken file."""
+    """Read a checkpoint without unpickling arbitrary objects; clear errors for a missing or broken file. Of a
+    sharded checkpoint, this reads state.pt: everything but the model's and optimizer's tensors (see load_sharded)."""
     path = Path(path)
+    if path.is_dir():
+        if not is_sharded_checkpoint(path):
+            raise ValueError(f"{path} is not a checkpoint directory of this project (no DCP .metadata and "
+                             f"{SHARDED_STATE})")
+        return read_checkpoint_file(path / SHARDED_STATE, map_location, required=("config",))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    return read_checkpoint_file(path, map_location, required=("model", "config"))
+
+
+def read_checkpoint_file(path: Path, map_location: Union[str, torch.device],
+                         required: tuple[str, ...]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, disallowed pickled objects ...
         raise ValueError(f"{path} is not a readable checkpoint: {first_line(e)[:200]}") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a checkpoint of this project (expected a dict with 'model' and 'config')")
+    if not isinstance(state, dict) or any(key not in state for key in required):
+        raise ValueError(f"{path} is not a checkpoint of this project (expected a dict with "
+                         f"{' and '.join(repr(key) for key in required)})")
     return state
+
+
+def load_sharded(path: Path, tensors: dict[str, Any], no_dist: bool = False) -> dict[str, Any]:
+    """Fill `tensors` ({"model": ..., "optimizer": ...}: state dicts to load into, plain or sharded) from a sharded
+    checkpoint, resharded to this run's world size; no_dist: in this process alone, whatever the other ranks do."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        dcp.load(tensors, checkpoint_id=str(path), no_dist=no_dist or not dist.is_initialized())
+    except Exception as e:  # a shard missing or cut short, keys that do not fit ...
+        raise ValueError(f"{path}: the sharded checkpoint does not load: {first_line(e)[:300]}") from None
+    return tensors
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -140,6 +182,7 @@ class TrainState:
     val_loss: Optional[float] = None  # the newest
     evaluations: Optional[dict[str, float]] = None  # the scalars of the evaluations done at `step` ({} when none
     # was due), or None while they are still to do: a new step, or a stop that cut them short
+    sharded: bool = False  # checkpoints as DCP directories (--parallel fsdp), else files
 
     def progress(self) -> Progress:
         return Progress(self.step, self.evaluations is not None)
@@ -154,10 +197,18 @@ class TrainState:
         self.step, self.evaluations = self.step + 1, None
 
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint (see the module docstring); sharded, model and optimizer are DCP's state dicts: keyed by
+        parameter name, of the tensors (shards under FSDP2) this rank holds."""
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            model, optimizer = get_state_dict(self.model, self.optimizer)
+        else:
+            model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
         state = {
-            "model": self.model.state_dict(),
+            "model": model,
             "config": dataclasses.asdict(self.model.config),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "train_config": dict(self.train_config),
             "step": self.step,
             "loader": self.train_loader.state_dict(),
@@ -175,8 +226,14 @@ class TrainState:
         for key in ("optimizer", "step", "loader", "rng"):
             if key not in state:
                 raise ValueError(f"the checkpoint holds a model but no training state ({key!r} is missing) to resume")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import set_state_dict
+
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
@@ -185,13 +242,50 @@ class TrainState:
         self.evaluations = dict(state.get("evaluation") or {}) if state.get("evaluated", True) else None
 
 
-def save_training_state(state: TrainState, run_dir: Union[str, Path], keep: int) -> Path:
-    """Write the state as its step's checkpoint in run_dir (atomically), then delete all but the newest `keep`
-    (0 keeps all); return its path."""
-    path = checkpoint_path(run_dir, state.step)
-    save_checkpoint(path, state.state_dict())
-    prune_checkpoints(run_dir, keep)
+def save_training_state(state: TrainState, run_dir: Union[str, Path], keep: int, master: bool) -> Path:
+    """Write the state as its step's checkpoint in run_dir, atomically, then delete all but the newest `keep`
+    (0 keeps all); return its path. Every rank calls it: the master writes a file; every rank writes its part of a
+    sharded checkpoint."""
+    path = checkpoint_path(run_dir, state.step, state.sharded)
+    if state.sharded:
+        save_sharded(state, path, master)
+    elif master:
+        save_checkpoint(path, state.state_dict())
+    if master:
+        prune_checkpoints(run_dir, keep)
     return path
+
+
+def save_sharded(state: TrainState, path: Path, master: bool) -> None:
+    """The DCP checkpoint of model and optimizer, written by every rank into path.tmp/, then the master's state.pt
+    and the rename to path/. The same step again (its evaluations done since it was saved) only replaces state.pt:
+    no optimizer step lies between, so the tensors are the ones on disk."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    full = state.state_dict()
+    plain = {key: value for key, value in full.items() if key not in ("model", "optimizer")}
+    if path.is_dir():
+        if master:
+            save_checkpoint(path / SHARDED_STATE, plain)
+        return
+    tmp = path.with_name(path.name + ".tmp")  # one name for every rank; a killed save's is removed at the next start
+    dcp.save({"model": full["model"], "optimizer": full["optimizer"]}, checkpoint_id=str(tmp),
+             no_dist=not dist.is_initialized())  # with several ranks, a collective
+    if master:  # dcp.save returns on the master once every rank's shards are written
+        save_checkpoint(tmp / SHARDED_STATE, plain)
+        os.replace(tmp, path)
+        sync_directory(path.parent)
+
+
+def load_training_state(state: TrainState, path: Path, checkpoint: dict[str, Any]) -> None:
+    """Resume `state` from the checkpoint at path; `checkpoint` is what load_checkpoint read there (of a sharded
+    one, state.pt: its model and optimizer tensors are loaded here, resharded to this run's world size)."""
+    if path.is_dir():
+        current = state.state_dict()  # the shapes and shards to load into
+        checkpoint = {**checkpoint, **load_sharded(path, {"model": current["model"],
+                                                          "optimizer": current["optimizer"]})}
+    state.load_state_dict(checkpoint)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -215,24 +309,35 @@ def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> 
     return model
 
 
+def model_from_sharded(path: Path) -> GPT:
+    """The model of a sharded checkpoint, whole, in this process (whatever the world size that wrote it)."""
+    model = GPT(config_from_checkpoint(load_checkpoint(path), str(path)))
+    tensors = load_sharded(path, {"model": model.state_dict()}, no_dist=True)
+    model.load_state_dict(tensors["model"])
+    return model
+
+
 def resolve_init(init: str) -> str:
     """A run directory stands for its newest checkpoint; anything else is returned as it is."""
     path = Path(init)
-    if path.is_dir() and not (path / "config.json").is_file():
+    if path.is_dir() and not (path / "config.json").is_file() and not CHECKPOINT_PATTERN.match(path.name):
         newest = newest_checkpoint(path)
         if newest is None:
-            raise FileNotFoundError(f"{init} holds neither checkpoints (ckpt_NNNNNN.pt) nor a Hugging Face model "
-                                    f"(config.json)")
+            raise FileNotFoundError(f"{init} holds neither checkpoints (ckpt_NNNNNN.pt or ckpt_NNNNNN/) nor a "
+                                    f"Hugging Face model (config.json)")
         return str(newest)
     return init
 
 
 def load_model(init: str, device: Union[str, torch.device] = "cpu") -> GPT:
-    """--init for every script: our checkpoint (.pt), a run directory (its newest checkpoint), a save_pretrained
-    directory, or a GPT-2 hub name (from the Hugging Face cache when the hub cannot be reached)."""
+    """--init for every script: our checkpoint (a .pt file or a sharded checkpoint's directory), a run directory
+    (its newest checkpoint), a save_pretrained directory, or a GPT-2 hub name (from the Hugging Face cache when the
+    hub cannot be reached)."""
     path = Path(resolve_init(init))
     if path.is_file():
         model = model_from_checkpoint(load_checkpoint(path), source=str(path))
+    elif path.is_dir() and CHECKPOINT_PATTERN.match(path.name):
+        model = model_from_sharded(path)
     elif path.is_dir():
         model = GPT.from_pretrained(str(path))
     elif init in HF_MODEL_NAMES:

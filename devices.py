@@ -165,6 +165,14 @@ def compile_wanted(choice: Optional[bool], device: torch.device) -> bool:
     return device.type == "cuda" if choice is None else choice
 
 
+def eager() -> contextlib.AbstractContextManager:
+    """Compiled modules run eagerly inside: for passes of other shapes than training's (HellaSwag, sampling), which
+    would otherwise compile again for each (torch.compiler.set_stance, torch >= 2.6)."""
+    if hasattr(torch.compiler, "set_stance"):
+        return torch.compiler.set_stance("force_eager")
+    return contextlib.nullcontext()
+
+
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """torch.compile with one of COMPILE_MODES ("default": torch.compile's own)."""
     return torch.compile(model, mode=None if mode == "default" else mode)

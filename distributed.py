@@ -1,8 +1,11 @@
 """The ranks of a run: joining and leaving torchrun's process group (nccl on CUDA, gloo on the CPU, every collective
-bounded by --dist-timeout), the small collectives the loop uses, the DDP wrapper for training, and the one line a
-run ends with when it loses a peer.
+bounded by --dist-timeout), the small collectives the loop uses, how the model is laid out for training (activation
+checkpointing, compilation, DDP or FSDP2, applied in one place: parallelize), and the one line a run ends with when
+it loses a peer.
 
-Every rank calls every collective here; nothing gathers or reduces on the master rank alone.
+Every rank calls every collective here; nothing gathers or reduces on the master rank alone. Under FSDP2 every
+forward pass of the model is a collective too (it gathers each block's parameters), so every rank runs the same
+number of them, evaluations and samples included.
 """
 
 import contextlib
@@ -10,14 +13,17 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cli import first_line
-from devices import pick_device
+from devices import compile_model, pick_device
+
+PARALLEL_MODES = ("ddp", "fsdp")
+CHECKPOINTING = ("none", "block")
 
 
 @dataclass
@@ -116,9 +122,55 @@ def lost_contact(e: BaseException, ranks: Ranks, timeout_seconds: float) -> Opti
             f"summary names the rank that failed first; rerun the same command to continue from the newest checkpoint")
 
 
-def wrap_for_training(model: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
-    """The model as training runs it: under DDP, which all-reduces the gradients during backward, when there are
-    several ranks; as it is otherwise."""
+def fsdp_available() -> bool:
+    """FSDP2 (torch.distributed.fsdp.fully_shard), public from torch 2.6."""
+    import torch.distributed.fsdp as fsdp
+
+    return hasattr(fsdp, "fully_shard") and hasattr(fsdp, "register_fsdp_forward_method")
+
+
+def parallelize(model: torch.nn.Module, ranks: Ranks, mode: str, checkpointing: str, compile_mode: Optional[str],
+                param_dtype: Optional[torch.dtype]) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Lay `model` out for training, in this order: activation checkpointing per block (checkpointing "block"),
+    compilation (compile_mode; None: eager), then DDP or FSDP2 (mode). Return its two views: (forward, train_model),
+    the view for fixed-shape forward passes (validation) and the one training steps through.
+
+    DDP: `model` stays whole on every rank; forward is it compiled as a whole, train_model that under DDP.
+    FSDP2 (more than one rank): each transformer block, then the root, is sharded in place (fully_shard), with
+    parameters gathered in `param_dtype` and gradients reduced in fp32; blocks are compiled one by one before, which
+    gives one graph for them all (the whole model compiled over FSDP2 breaks the graph at every block). `model` is
+    then both views, and what reads it whole (a checkpoint, the evaluations) goes through collectives. With one
+    rank there is nothing to shard: FSDP2 runs as DDP does."""
+    if checkpointing == "block":
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        for i, block in enumerate(model.transformer.h):  # the wrapper keeps the state_dict keys as they are
+            model.transformer.h[i] = checkpoint_wrapper(block)
+    if mode != "fsdp" or not ranks.enabled:
+        forward = compile_model(model, compile_mode) if compile_mode else model
+        return forward, wrap_for_ddp(forward, ranks)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    for block in model.transformer.h:
+        if compile_mode:
+            block.compile(mode=None if compile_mode == "default" else compile_mode)  # in place: keys unchanged
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    register_fsdp_forward_method(model, "next_token_logits")  # decoding's entry point, beside forward
+    return model, model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 has sharded the model (parallelize with mode "fsdp" on several ranks)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def wrap_for_ddp(model: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
+    """The model under DDP, which all-reduces the gradients during backward, when there are several ranks; as it is
+    otherwise."""
     if not ranks.enabled:
         return model
     return DDP(model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None)
@@ -126,7 +178,17 @@ def wrap_for_training(model: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
 
 def gradient_sync(train_model: torch.nn.Module, ranks: Ranks, sync: bool) -> contextlib.AbstractContextManager:
     """Around a micro-step's forward and backward: without sync, the gradients only accumulate on this rank (DDP's
-    no_sync), so they are all-reduced once per optimizer step, on its last micro-step."""
-    if ranks.enabled and not sync:
+    no_sync; FSDP2 keeps them unsharded and skips its reduce-scatter), so they are reduced once per optimizer step,
+    on its last micro-step."""
+    if hasattr(train_model, "set_requires_gradient_sync"):  # FSDP2
+        train_model.set_requires_gradient_sync(sync)
+    elif ranks.enabled and not sync:
         return train_model.no_sync()
     return contextlib.nullcontext()
+
+
+def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_, whose norm is over all ranks' shards under FSDP2: the total norm before clipping,
+    as a plain tensor on every rank."""
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm

@@ -9,6 +9,7 @@ that a killed writer leaves behind is deleted by `remove_stale_temporaries` when
 import contextlib
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
@@ -52,15 +53,19 @@ def sync_directory(directory: Path) -> None:
 
 
 def remove_stale_temporaries(directory: Union[str, Path], pattern: re.Pattern) -> list[Path]:
-    """Delete the temporary files in `directory` whose final name matches `pattern`: what a killed writer left."""
+    """Delete the temporary files and directories (a sharded checkpoint is written as NAME.tmp/) in `directory`
+    whose final name matches `pattern`: what a killed writer left."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
     removed = []
     for path in directory.iterdir():
         m = TEMPORARY.match(path.name)
-        if m and pattern.match(m.group("name")) and path.is_file():
-            path.unlink(missing_ok=True)
+        if m and pattern.match(m.group("name")):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 

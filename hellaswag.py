@@ -145,13 +145,20 @@ def render_example(example: dict, block_size: int) -> tuple[list[list[int]], lis
     return rows, masks
 
 
-@torch.no_grad()
-def score_examples(
-    model: nn.Module, examples: list[dict], device: torch.device, batch_size: int = 8, progress: bool = False
-) -> dict[str, int]:
+def score_examples(model: nn.Module, examples: list[dict], device: torch.device, batch_size: int = 8,
+                   progress: bool = False) -> dict[str, int]:
     """The one scoring function: counts of examples right by acc (summed loss) and acc_norm (mean loss)."""
+    right = judge_examples(model, examples, device, batch_size, progress)
+    return {"total": len(right), "acc_correct": sum(acc for acc, _ in right),
+            "acc_norm_correct": sum(acc_norm for _, acc_norm in right)}
+
+
+@torch.no_grad()
+def judge_examples(model: nn.Module, examples: list[dict], device: torch.device, batch_size: int = 8,
+                   progress: bool = False) -> list[tuple[bool, bool]]:
+    """For each example, whether acc and whether acc_norm pick its label; ceil(len / batch_size) forward passes."""
     block_size = model.config.block_size if hasattr(model, "config") else 1024
-    counts = {"total": 0, "acc_correct": 0, "acc_norm_correct": 0}
+    right = []
     was_training = model.training
     model.eval()
     for start in tqdm(range(0, len(examples), batch_size), disable=not progress, desc="HellaSwag", unit="batch"):
@@ -176,11 +183,9 @@ def score_examples(
         summed = (losses * ending).sum(dim=1).view(-1, 4)  # (n, 4)
         mean = summed / ending.sum(dim=1).view(-1, 4)  # (n, 4)
         labels = torch.tensor([e["label"] for e in batch], device=device)
-        counts["total"] += len(batch)
-        counts["acc_correct"] += int((summed.argmin(dim=1) == labels).sum())
-        counts["acc_norm_correct"] += int((mean.argmin(dim=1) == labels).sum())
+        right += zip((summed.argmin(dim=1) == labels).tolist(), (mean.argmin(dim=1) == labels).tolist())
     model.train(was_training)
-    return counts
+    return right
 
 
 def parse_args(argv: Optional[list[str]] = None):

@@ -30,17 +30,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from checkpoint import (DEFAULT_RUN_DIR, Progress, TrainState, checkpoint_path, config_from_checkpoint,  # noqa: E402
-                        load_checkpoint, load_model, newest_checkpoint, remove_unfinished_checkpoints,
-                        save_training_state)
+                        load_checkpoint, load_model, load_training_state, newest_checkpoint,
+                        remove_unfinished_checkpoints, save_training_state)
 from cli import (Exit, StopRequest, check_fields, flag, fraction, non_negative, option, parse_dataclass,  # noqa: E402
                  positive, run_cli)
 from dataloader import ShardLoader, list_shards  # noqa: E402
 from devices import (ATTENTION_BACKENDS, COMPILE_MODES, DEVICE_FLAG, DTYPE_FLAG, allow_tf32,  # noqa: E402
                      attention_backend, autocast, check_attention_backend, check_dtype, compile_model, compile_wanted,
-                     peak_flops_of, pick_device, pick_dtype)
-from distributed import Ranks, gradient_sync, process_group, wrap_for_training  # noqa: E402
+                     eager, peak_flops_of, pick_device, pick_dtype)
+from distributed import (CHECKPOINTING, PARALLEL_MODES, Ranks, clip_grad_norm, fsdp_available,  # noqa: E402
+                         gradient_sync, parallelize, process_group)
 from fineweb import BUNDLED_CORPUS, tokenize_bundled_corpus  # noqa: E402
-from hellaswag import load_for_training, score_examples  # noqa: E402
+from hellaswag import judge_examples, load_for_training  # noqa: E402
 from metrics import RunLog, StepTimer, check_wandb_installed, run_summary, utc_now  # noqa: E402
 from model import GPT, PADDED_VOCAB_SIZE, PRESETS, GPTConfig, config_from_preset, configure_optimizers  # noqa: E402
 from sample import sample_texts  # noqa: E402
@@ -107,6 +108,13 @@ class TrainConfig:
     attention: str = option("auto", "SDPA kernel of attention: auto (PyTorch's pick), flash, efficient, cudnn "
                                     "(CUDA), math", choices=ATTENTION_BACKENDS)
     compile_mode: str = option("default", "torch.compile mode, when compiling", choices=COMPILE_MODES)
+    parallel: str = option("ddp", "how the ranks hold the model: ddp, each all of it (build-nanogpt's recipe); fsdp, "
+                                  "FSDP2 shards parameters, gradients and optimizer state per transformer block, and "
+                                  "checkpoints are DCP directories that resume at any world size",
+                           choices=PARALLEL_MODES)
+    activation_checkpointing: str = option("none", "block: recompute each transformer block's activations in the "
+                                                   "backward pass instead of keeping them (far less memory, about a "
+                                                   "third more compute)", choices=CHECKPOINTING)
     peak_flops: float = option(0.0, "per-device peak FLOP/s for MFU; 0: known GPUs only", non_negative)
     tensorboard: bool = option(True, "TensorBoard event files in the run directory (tensorboard --logdir RUN_DIR)")
     wandb_project: str = option("", "also log the metrics to this Weights & Biases project (needs wandb; "
@@ -135,6 +143,8 @@ class TrainConfig:
         device = pick_device(self.device)
         check_dtype(device, self.dtype)
         check_attention_backend(self.attention, device)
+        if self.parallel == "fsdp":
+            check_fsdp(device, self.dtype)
         if self.wandb_project:
             check_wandb_installed()
         if self.data_dir != QUICKSTART_DATA:
@@ -224,12 +234,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
     seed_everything(cfg.seed)
     prepare_data(ctx)
     hellaswag = load_for_training(cfg.hellaswag_path, cfg.hellaswag_interval)
-    state = start_or_resume(ctx)
-    # One model, three views. state.model owns the weights: checkpoints, HellaSwag, samples and gradient clipping use
-    # it. `forward` is the same modules through torch.compile, for the fixed-shape forward passes of training and
-    # validation. `train_model` wraps that in DDP, which all-reduces the gradients during backward: training only.
-    forward = ctx.compiled(state.model)
-    train_model = wrap_for_training(forward, ctx.ranks)
+    # One model, three views (see parallelize): state.model owns the weights (checkpoints, HellaSwag, samples and
+    # gradient clipping use it), `forward` runs the fixed-shape passes of validation, `train_model` the train steps.
+    state, forward, train_model = start_or_resume(ctx)
     evaluator = Evaluator(ctx, state.model, forward, hellaswag)
     checkpoints = CheckpointSchedule(ctx, state)
     timer = StepTimer(cfg.total_batch_size, state.model.flops_per_token(cfg.seq_len),
@@ -254,7 +261,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         timer.log_step(log, state.step, {"train": loss, "lr": lr, "norm": norm}, cfg.max_steps - state.step - 1)
         state.next_step()
     final = f"final val loss {state.val_loss:.4f}" if state.val_loss is not None else "finished"
-    log.say(f"done: {final}; sample with: python sample.py --init {checkpoint_path(cfg.run_dir, cfg.max_steps)}")
+    log.say(f"done: {final}; sample with: python sample.py --init "
+            f"{checkpoint_path(cfg.run_dir, cfg.max_steps, state.sharded)}")
     return {"losses": losses, "val_loss": state.val_loss, "step_times": timer.times, "run_dir": cfg.run_dir}
 
 
@@ -283,8 +291,9 @@ def prepare_data(ctx: RunContext) -> None:
     ctx.ranks.barrier()
 
 
-def start_or_resume(ctx: RunContext) -> TrainState:
-    """A new run's state, or the newest checkpoint's when there is one, refusing a command that does not fit it."""
+def start_or_resume(ctx: RunContext) -> tuple[TrainState, torch.nn.Module, torch.nn.Module]:
+    """A new run's state, or the newest checkpoint's when there is one, refusing a command that does not fit it;
+    and the model's views for training (forward, train_model: see parallelize)."""
     cfg, log = ctx.cfg, ctx.log
     if ctx.ranks.master:
         remove_unfinished_checkpoints(cfg.run_dir)  # what a kill during a save left behind
@@ -292,13 +301,17 @@ def start_or_resume(ctx: RunContext) -> TrainState:
     checkpoint = load_checkpoint(path) if path else None
     changed = resume_changes(cfg, checkpoint, path) if checkpoint else []
     model = build_model(cfg, checkpoint, log).to(ctx.device)
+    forward, train_model = parallelize(model, ctx.ranks, cfg.parallel, cfg.activation_checkpointing,
+                                       cfg.compile_mode if ctx.use_compile else None,
+                                       ctx.dtype if ctx.dtype != torch.float32 else None)  # shards FSDP's in place
     train_loader = ctx.loader("train", model.config.vocab_size)
     log.header(dataclasses.asdict(cfg), dataclasses.asdict(model.config))
     optimizer = configure_optimizers(model.parameters(), cfg.weight_decay, cfg.max_lr, ctx.device.type, log.note)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.dtype == torch.float16)  # fp16 only
-    state = TrainState(model, optimizer, scaler, train_loader, dataclasses.asdict(cfg))
+    state = TrainState(model, optimizer, scaler, train_loader, dataclasses.asdict(cfg),
+                       sharded=cfg.parallel == "fsdp")
     if checkpoint is not None:
-        state.load_state_dict(checkpoint)
+        load_training_state(state, path, checkpoint)
         log.note(f"resumed from {path} at step {state.step}")
         if changed:
             log.note(f"changed since the checkpoint: {', '.join(changed)}")
@@ -307,7 +320,7 @@ def start_or_resume(ctx: RunContext) -> TrainState:
     log.open_metrics(cfg, state.step, checkpoint is not None, config)
     if state.evaluations:  # the curves restart at state.step (see metrics.py), where these evaluations were done
         log.scalars(state.step, state.evaluations)
-    return state
+    return state, forward, train_model
 
 
 def find_resume_checkpoint(cfg: TrainConfig) -> Optional[Path]:
@@ -351,6 +364,15 @@ def check_total_batch(cfg: TrainConfig, world_size: int) -> None:
         )
 
 
+def check_fsdp(device: torch.device, dtype: str) -> None:
+    if not fsdp_available():
+        raise ValueError(f"--parallel fsdp needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.6); this is "
+                         f"torch {torch.__version__}: upgrade it, or use --parallel ddp")
+    if pick_dtype(device, dtype) == torch.float16:  # its gradient scaler would see only this rank's shards
+        raise ValueError(f"--parallel fsdp trains in bfloat16 or float32, not float16 (--dtype {dtype} on {device}); "
+                         f"pass --dtype bfloat16 (or float32), or use --parallel ddp")
+
+
 def check_data_dir(data_dir: str, splits: tuple[str, ...]) -> None:
     try:
         for split in splits:
@@ -389,6 +411,11 @@ RESUME_IGNORED = ("model", "vocab_size", "resume", "run_dir")
 def resume_changes(cfg: TrainConfig, checkpoint: dict[str, Any], path: Path) -> list[str]:
     """Refuse, in one line naming each flag, a command that would continue `checkpoint` with another model or data
     stream; return the other flags that changed since the checkpoint (learning rate, steps, intervals ...)."""
+    if path.is_dir() != (cfg.parallel == "fsdp"):
+        mode, form = ("fsdp", "a DCP directory") if path.is_dir() else ("ddp", "one file")
+        raise ValueError(f"cannot resume {path} with --parallel {cfg.parallel}: it is the checkpoint of a --parallel "
+                         f"{mode} run ({form}); rerun with --parallel {mode}, or pass another --run-dir to start a "
+                         f"new run")
     saved = checkpoint.get("train_config") or {}
     fixed = RESUME_FIXED + (("seed",) if saved.get("shuffle") else ())  # the seed orders a shuffled stream
     ours = dataclasses.asdict(cfg)
@@ -433,7 +460,7 @@ def train_step(ctx: RunContext, state: TrainState, train_model: torch.nn.Module,
                 scaler.scale(loss).backward()
     ctx.ranks.all_mean(loss_sum)
     scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip or float("inf"))
+    norm = clip_grad_norm(state.model.parameters(), cfg.grad_clip or float("inf"))
     loss_value, norm_value = loss_sum.item(), norm.item()
     if not (math.isfinite(loss_value) and math.isfinite(norm_value)) and not scaler.is_enabled():
         raise diverged(ctx, state.step, loss_value, norm_value)
@@ -500,7 +527,7 @@ class Evaluator:
         scalars = self.measure(names)
         if scalars is None:
             return None
-        texts = self.samples() if "samples" in names and self.ctx.ranks.master else []
+        texts = self.samples() if "samples" in names else []
         self.report(step, scalars, texts)
         return scalars
 
@@ -539,8 +566,9 @@ class Evaluator:
         rank, world_size = self.ctx.ranks.rank, self.ctx.ranks.world_size
 
         def window(i: int) -> list[float]:
-            x, y = self.val_loader.next_batch()  # (B, T) each: window i * W + r; every rank reads its window
-            return [self.forward(x, y)[1].item()] if i * world_size + rank < self.val_windows else [0.0]
+            x, y = self.val_loader.next_batch()  # (B, T) each: window i * W + r
+            loss = self.forward(x, y)[1].item()  # on every rank, past the last window too: see distributed.py
+            return [loss] if i * world_size + rank < self.val_windows else [0.0]
 
         self.forward.eval()
         self.val_loader.reset()
@@ -549,19 +577,26 @@ class Evaluator:
         return None if sums is None else sums[0] / self.val_windows
 
     def hellaswag_acc_norm(self) -> Optional[float]:
-        """acc_norm over all examples, split across ranks (rank r scores r, r + W, ...)."""
+        """acc_norm over all examples, split across ranks (rank r scores r, r + W, ...). Every rank judges as many
+        (its share padded with copies of the first example, not counted), so they run the same forward passes."""
         mine = self.examples[self.ctx.ranks.rank :: self.ctx.ranks.world_size]
+        share = -(-len(self.examples) // self.ctx.ranks.world_size)
+        padded = mine + self.examples[:1] * (share - len(mine))
 
         def chunk(i: int) -> list[float]:
-            counts = score_examples(self.model, mine[i * HELLASWAG_CHUNK : (i + 1) * HELLASWAG_CHUNK], self.ctx.device)
-            return [counts["acc_norm_correct"], counts["total"]]
+            start = i * HELLASWAG_CHUNK
+            right = judge_examples(self.model, padded[start : start + HELLASWAG_CHUNK], self.ctx.device)
+            counted = right[: max(0, len(mine) - start)]
+            return [sum(acc_norm for _, acc_norm in counted), len(counted)]
 
-        sums = self.summed_over_ranks(-(-len(mine) // HELLASWAG_CHUNK), chunk, 2)
+        with eager():
+            sums = self.summed_over_ranks(-(-share // HELLASWAG_CHUNK), chunk, 2)
         return None if sums is None else sums[0] / sums[1]
 
     def samples(self) -> list[str]:
+        """The same samples on every rank (one seed): under FSDP2 all take part. The master logs them."""
         cfg = self.ctx.cfg
-        with self.ctx.autocast():
+        with self.ctx.autocast(), eager():
             return sample_texts(self.model, cfg.sample_prompt, cfg.num_samples, cfg.sample_tokens, self.ctx.device,
                                 top_k=SAMPLE_TOP_K, seed=cfg.seed)
 
@@ -604,12 +639,12 @@ class CheckpointSchedule:
         return stopping
 
     def save(self, state: TrainState) -> None:
-        """The master writes the checkpoint atomically and prunes the oldest beyond --keep-checkpoints."""
+        """Write the checkpoint atomically (see save_training_state) and prune the oldest beyond
+        --keep-checkpoints."""
         cfg, log = self.ctx.cfg, self.ctx.log
-        if self.ctx.ranks.master:
-            path = save_training_state(state, cfg.run_dir, cfg.keep_checkpoints)
-            log.note(f"saved checkpoint {path}")
-            log.flush_metrics()  # the curves as far as the checkpoint, whatever happens next
+        path = save_training_state(state, cfg.run_dir, cfg.keep_checkpoints, self.ctx.ranks.master)
+        log.note(f"saved checkpoint {path}")
+        log.flush_metrics()  # the curves as far as the checkpoint, whatever happens next
         self.saved, self.last_time = state.progress(), time.time()
 
     def stopped(self, state: TrainState) -> Exit:
@@ -618,8 +653,8 @@ class CheckpointSchedule:
         if self.saved is None:
             where = "before the first step; nothing to save"
         else:
-            where = (f"at step {state.step}; checkpoint {checkpoint_path(self.ctx.cfg.run_dir, self.saved.step)}; "
-                     f"rerun the same command to continue")
+            path = checkpoint_path(self.ctx.cfg.run_dir, self.saved.step, state.sharded)
+            where = f"at step {state.step}; checkpoint {path}; rerun the same command to continue"
         ending = self.ctx.stop.ending(where, shown=self.ctx.ranks.master)
         self.ctx.log.comment(str(ending))
         return ending
