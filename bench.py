@@ -5,10 +5,11 @@
     python bench.py generate --model gpt2 --batch 1 8 --compare-hf   # sampling with and without the KV cache
     python bench.py data                                    # tokenizer pipeline vs single-thread encode_ordinary
 
-Training: tokens/s, ms/step (forward, backward, clipping and the AdamW step), MFU and peak memory. MFU counts
-6N + 12 * n_layer * n_embd * T FLOPs per token (N: parameters without the position embedding) against the
-device's peak bf16 FLOP/s (989e12 for an H100 SXM; --peak-flops for others). Every figure is the median of
---repeats timed runs after --warmup untimed ones. --json prints one JSON object instead of the table.
+Training: tokens/s, ms/step (forward, backward, clipping and the AdamW step), MFU, peak memory (CUDA) and
+memory.py's estimate of it. MFU counts 6N + 12 * n_layer * n_embd * T FLOPs per token (N: parameters without the
+position embedding) against the device's peak bf16 FLOP/s (989e12 for an H100 SXM; --peak-flops for others).
+Every figure is the median of --repeats timed runs after --warmup untimed ones. --json prints one JSON object
+instead of the table.
 """
 
 import json
@@ -42,6 +43,8 @@ from devices import (
 )
 from dataloader import ShardLoader
 from fineweb import BUNDLED_CORPUS, expand_inputs, iter_local_documents
+from memory import GIB, Setting
+from memory import total as memory_total
 from metrics import mfu_percent
 from model import GPT, PADDED_VOCAB_SIZE, config_from_preset, configure_optimizers
 from tokenizer import N_VOCAB, get_tokenizer
@@ -127,6 +130,7 @@ class Contender:
     fixed_loss: float  # on the shared fixed batch, before any step
     compile_seconds: Optional[float]
     peak_memory_gib: Optional[float]
+    estimated_gib: Optional[float] = None  # memory.py's estimate (eager), for our model
     times: list[float] = field(default_factory=list)
 
 
@@ -166,7 +170,12 @@ class FixedBatch:
         warmup_times = [timed(step, device) for _ in range(max(1, args.warmup))]
         peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**30 if device.type == "cuda" else None
         compile_seconds = warmup_times[0] - min(warmup_times) if args.compile else None  # the first step compiles
-        return Contender(name, self.x.size(0) * scale, step, fixed_loss, compile_seconds, peak)
+        estimated = None
+        if isinstance(model, GPT):
+            setting = Setting(model.config, self.x.size(0) * scale, self.x.size(1), dtype != torch.float32,
+                              loss_chunk=levers.loss_chunk_size)
+            estimated = memory_total(setting) / GIB
+        return Contender(name, self.x.size(0) * scale, step, fixed_loss, compile_seconds, peak, estimated)
 
 
 def time_interleaved(contenders: list[Contender], repeats: int, device: torch.device) -> None:
@@ -242,7 +251,7 @@ def bench_train(args) -> None:
             "bench": "train", "impl": c.name, "model": name, "B": c.batch, "T": T, "dtype": str(dtype).split(".")[-1],
             "compile": args.compile, "ms_per_step": 1000 * seconds, "tokens_per_s": tokens_per_s,
             "mfu_percent": mfu_percent(flops_per_token, tokens_per_s, peak),
-            "peak_memory_gib": c.peak_memory_gib, "compile_s": c.compile_seconds,
+            "peak_memory_gib": c.peak_memory_gib, "estimated_gib": c.estimated_gib, "compile_s": c.compile_seconds,
             "loss_vs_first": c.fixed_loss - contenders[0].fixed_loss if args.sweep else None,  # same loss: sweep
         })
     ratios = {}
@@ -251,7 +260,7 @@ def bench_train(args) -> None:
     if args.sweep:
         ratios.update({f"{row['impl']} / first": row["tokens_per_s"] / rows[0]["tokens_per_s"] for row in rows[1:]})
     columns = ["impl", "B", "T", "dtype", "compile", "ms_per_step", "tokens_per_s", "mfu_percent", "peak_memory_gib",
-               "compile_s", "loss_vs_first"]
+               "estimated_gib", "compile_s", "loss_vs_first"]
     report(describe_device(device) + f", {name}", rows, columns, ratios, args.json)
 
 

@@ -84,6 +84,13 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def device_memory(device: torch.device) -> Optional[int]:
+    """The GPU's memory in bytes; None elsewhere (the CPU's is not the limit a run plans for)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return None
+
+
 def peak_flops_of(device: torch.device, override: float = 0.0) -> Optional[float]:
     """Peak bf16 FLOP/s of one device for MFU: the override if given, else a known GPU's figure, else None."""
     if override:

@@ -37,11 +37,12 @@ from cli import (Exit, StopRequest, check_fields, flag, fraction, non_negative, 
 from dataloader import ShardLoader, list_shards  # noqa: E402
 from devices import (ATTENTION_BACKENDS, COMPILE_MODES, DEVICE_FLAG, DTYPE_FLAG, allow_tf32,  # noqa: E402
                      attention_backend, autocast, check_attention_backend, check_dtype, compile_model, compile_wanted,
-                     eager, peak_flops_of, pick_device, pick_dtype)
+                     device_memory, eager, peak_flops_of, pick_device, pick_dtype)
 from distributed import (CHECKPOINTING, PARALLEL_MODES, Ranks, clip_grad_norm, fsdp_available,  # noqa: E402
                          gradient_sync, parallelize, process_group)
 from fineweb import BUNDLED_CORPUS, tokenize_bundled_corpus  # noqa: E402
 from hellaswag import judge_examples, load_for_training  # noqa: E402
+from memory import Setting, fit_report  # noqa: E402
 from metrics import RunLog, StepTimer, check_wandb_installed, run_summary, utc_now  # noqa: E402
 from model import GPT, PADDED_VOCAB_SIZE, PRESETS, GPTConfig, config_from_preset, configure_optimizers  # noqa: E402
 from sample import sample_texts  # noqa: E402
@@ -155,12 +156,19 @@ class TrainConfig:
         return self.init_from or self.model or DEFAULT_MODEL
 
 
-# --preset: the four GPT-2 sizes with build-nanogpt's recipe, and a small CPU run on the bundled corpus.
+# --preset: the four GPT-2 sizes and a small CPU run on the bundled corpus. gpt2 is build-nanogpt's recipe. The larger
+# ones take learning rate, total batch, warmup and final learning rate from llm.c's per-size GPT-2 scripts
+# (scripts/run_gpt2_350M.sh, run_gpt2_774M.sh, run_gpt2_1558M.sh), and one pass over the 10B-token default data as
+# gpt2 does (llm.c trains them on 31B, 150B and 33B tokens of its 100B-token data). Parallel mode and micro-batch
+# are what memory.py estimates to fit 8 GPUs of 80 GB (README: Bigger models); none has been measured on a GPU here.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "gpt2": {},
-    "gpt2-medium": dict(model="gpt2-medium", run_dir="log-medium"),
-    "gpt2-large": dict(model="gpt2-large", run_dir="log-large"),
-    "gpt2-xl": dict(model="gpt2-xl", run_dir="log-xl"),
+    "gpt2-medium": dict(model="gpt2-medium", run_dir="log-medium", max_lr=3e-4, min_lr_ratio=0.0, warmup_steps=700,
+                        micro_batch_size=32),  # ~53 GiB per GPU estimated
+    "gpt2-large": dict(model="gpt2-large", run_dir="log-large", max_lr=2.5e-4, min_lr_ratio=0.0, warmup_steps=700,
+                       micro_batch_size=16),  # ~51 GiB
+    "gpt2-xl": dict(model="gpt2-xl", run_dir="log-xl", max_lr=6e-4, min_lr_ratio=0.1, warmup_steps=700,
+                    total_batch_size=1048576, max_steps=9537, micro_batch_size=8, parallel="fsdp"),  # ~35 GiB
     "quickstart": dict(
         model="mini", data_dir=QUICKSTART_DATA, run_dir="runs/quickstart", total_batch_size=2048,
         micro_batch_size=16, seq_len=128, max_lr=1e-3, warmup_steps=20, max_steps=150, eval_interval=25,
@@ -215,6 +223,13 @@ class RunContext:
         """The model for fixed-shape forward passes (training, validation): through torch.compile when wanted."""
         return compile_model(model, self.cfg.compile_mode) if self.use_compile else model
 
+    def memory_setting(self, config: GPTConfig) -> Setting:
+        """What the memory estimate of this run's training step depends on (see memory.py)."""
+        cfg = self.cfg
+        return Setting(config, cfg.micro_batch_size, cfg.seq_len, self.dtype != torch.float32, cfg.parallel,
+                       self.ranks.world_size, self.grad_accum, cfg.activation_checkpointing == "block",
+                       cfg.loss_chunk_size)
+
     def loader(self, split: str, vocab_size: int) -> ShardLoader:
         """This rank's batches of a split of --data-dir; the train split shuffled with --shuffle."""
         cfg = self.cfg
@@ -241,7 +256,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     checkpoints = CheckpointSchedule(ctx, state)
     timer = StepTimer(cfg.total_batch_size, state.model.flops_per_token(cfg.seq_len),
                       peak_flops_of(ctx.device, cfg.peak_flops), ctx.ranks.world_size)
-    for line in run_summary(ctx, state, evaluator):
+    for line in run_summary(ctx, state, evaluator) + fit_report(ctx.memory_setting(state.model.config),
+                                                                device_memory(ctx.device)):
         log.note(line)
 
     losses = []
@@ -453,8 +469,8 @@ def train_step(ctx: RunContext, state: TrainState, train_model: torch.nn.Module,
         for micro_step in range(ctx.grad_accum):
             x, y = state.train_loader.next_batch()  # (B, T) each
             with gradient_sync(train_model, ctx.ranks, sync=micro_step == ctx.grad_accum - 1):
-                with ctx.autocast():
-                    _, loss = train_model(x, y, loss_chunk_size=cfg.loss_chunk_size)
+                with ctx.autocast():  # [1]: the loss; the (B, T, vocab) logits are let go at once, not kept to backward
+                    loss = train_model(x, y, loss_chunk_size=cfg.loss_chunk_size)[1]
                 loss = loss / ctx.grad_accum  # the mean over micro-steps, as one big batch would have
                 loss_sum += loss.detach()
                 scaler.scale(loss).backward()

@@ -2,10 +2,13 @@
 the bundled corpus), the tiny training command, log parsing, HellaSwag-format data and an in-process CLI runner."""
 
 import json
+import os
 import random
 import re
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,19 @@ def run_cli_main(main, argv, capsys):
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def torchrun(args, nproc=2, env=None, **popen):
+    """train_gpt2.py under torchrun with `nproc` CPU ranks (gloo), one thread each; `env`: more variables."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                             "train_gpt2.py", *args], cwd=ROOT, env=env, text=True, **popen)
+
+
+def wait_for(condition, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False

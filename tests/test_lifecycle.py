@@ -16,7 +16,7 @@ import torch
 
 from checkpoint import TrainState, list_checkpoints, load_checkpoint
 from cli import Exit
-from conftest import ROOT, log_events, make_hellaswag_file, tiny_args
+from conftest import ROOT, log_events, make_hellaswag_file, tiny_args, torchrun, wait_for
 from dataloader import ShardLoader
 from distributed import Ranks, lost_contact
 from train_gpt2 import parse_config, train
@@ -195,21 +195,6 @@ def test_signals_at_random_moments_of_the_command(shards, tmp_path, reference):
     assert_same_final_state(tmp_path / "run", reference)
 
 
-def torchrun(args, **popen):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "train_gpt2.py", *args], cwd=ROOT, env=env, text=True, **popen)
-
-
-def wait_for(condition, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_torchrun_stopped_by_sigterm_and_sigint_resumes_and_matches_one_process(shards, tmp_path):
     """2 ranks with gradient accumulation, stopped by SIGTERM to torchrun (as Slurm and Kubernetes preempt), then by
     SIGINT (Ctrl-C), each after a seeded random number of steps, then run to the end by the same command: the
@@ -276,10 +261,11 @@ def rank_of(pid):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the torchrun workers through /proc")
-def test_frozen_peer_ends_the_run_within_the_dist_timeout(shards, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])  # under FSDP2 every forward pass is a collective too
+def test_frozen_peer_ends_the_run_within_the_dist_timeout(shards, tmp_path, parallel):
     timeout = 3
     proc = torchrun(tiny_args(shards, tmp_path, "--max-steps", "1000", "--eval-interval", "0",
-                              "--checkpoint-interval", "0", "--dist-timeout", str(timeout)),
+                              "--checkpoint-interval", "0", "--dist-timeout", str(timeout), "--parallel", parallel),
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     workers = []
     try:
