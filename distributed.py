@@ -161,13 +161,6 @@ def parallelize(model: torch.nn.Module, ranks: Ranks, mode: str, checkpointing: 
     return model, model
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether FSDP2 has sharded the model (parallelize with mode "fsdp" on several ranks)."""
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def wrap_for_ddp(model: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
     """The model under DDP, which all-reduces the gradients during backward, when there are several ranks; as it is
     otherwise."""

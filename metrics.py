@@ -232,6 +232,8 @@ def run_summary(ctx: Any, state: Any, evaluator: Any) -> list[str]:
         f"{evaluator.val_tokens:,} val tokens ({evaluator.val_windows} windows of {cfg.micro_batch_size} x "
         f"{cfg.seq_len})",
         f"  HellaSwag   {evaluator.hellaswag_status}",
+        f"  parallel    {cfg.parallel} over {ctx.ranks.world_size} ranks, activation checkpointing "
+        f"{'per block' if cfg.activation_checkpointing == 'block' else 'off'}",
         f"  precision   {ctx.device}, {precision}, compile "
         f"{f'on ({cfg.compile_mode})' if ctx.use_compile else 'off'}, attention {cfg.attention}, loss {loss_form}",
         f"  run dir     {cfg.run_dir}: log.txt, checkpoints {', '.join(when + ['at the end'])} and on Ctrl-C or "

@@ -220,8 +220,15 @@ class RunContext:
         return autocast(self.device, self.dtype)
 
     def compiled(self, model: GPT) -> torch.nn.Module:
-        """The model for fixed-shape forward passes (training, validation): through torch.compile when wanted."""
+        """The model for fixed-shape forward passes (validation): through torch.compile when wanted."""
         return compile_model(model, self.cfg.compile_mode) if self.use_compile else model
+
+    def parallelize(self, model: GPT) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The model laid out for training as the flags say: (forward, train_model); see distributed.parallelize."""
+        cfg = self.cfg
+        return parallelize(model, self.ranks, cfg.parallel, cfg.activation_checkpointing,
+                           cfg.compile_mode if self.use_compile else None,
+                           self.dtype if self.dtype != torch.float32 else None)
 
     def memory_setting(self, config: GPTConfig) -> Setting:
         """What the memory estimate of this run's training step depends on (see memory.py)."""
@@ -317,9 +324,7 @@ def start_or_resume(ctx: RunContext) -> tuple[TrainState, torch.nn.Module, torch
     checkpoint = load_checkpoint(path) if path else None
     changed = resume_changes(cfg, checkpoint, path) if checkpoint else []
     model = build_model(cfg, checkpoint, log).to(ctx.device)
-    forward, train_model = parallelize(model, ctx.ranks, cfg.parallel, cfg.activation_checkpointing,
-                                       cfg.compile_mode if ctx.use_compile else None,
-                                       ctx.dtype if ctx.dtype != torch.float32 else None)  # shards FSDP's in place
+    forward, train_model = ctx.parallelize(model)  # under FSDP2 it shards the model: before the optimizer is made
     train_loader = ctx.loader("train", model.config.vocab_size)
     log.header(dataclasses.asdict(cfg), dataclasses.asdict(model.config))
     optimizer = configure_optimizers(model.parameters(), cfg.weight_decay, cfg.max_lr, ctx.device.type, log.note)

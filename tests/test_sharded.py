@@ -108,6 +108,19 @@ def test_two_sharded_ranks_train_as_one_process(reference, sharded):
     assert state["step"] == STEPS and state["train_config"]["parallel"] == "fsdp" and "model" not in state
 
 
+def test_activation_checkpointing_changes_memory_not_results(shards, hellaswag, tmp_path):
+    """One process, with and without recomputing each block in backward: the same losses and weights (fp32 on the
+    CPU recomputes the same values), the checkpoint's keys as without the wrapper."""
+    args = run_args(shards, tmp_path / "plain", hellaswag, "--max-steps", "3", "--hellaswag-interval", "0",
+                    "--sample-interval", "0")
+    plain = train(parse_config(args))
+    recomputed = train(parse_config([*args, "--run-dir", str(tmp_path / "block"), "--activation-checkpointing",
+                                     "block"]))
+    assert max(abs(a - b) for a, b in zip(plain["losses"], recomputed["losses"])) <= 1e-6
+    a, b = (load_checkpoint(tmp_path / run / "ckpt_000003.pt")["model"] for run in ("plain", "block"))
+    assert a.keys() == b.keys() and max_difference(a, b) <= 1e-6
+
+
 def test_sigterm_then_rerun_continues_the_sharded_run_bitwise(shards, hellaswag, sharded, tmp_path):
     args = run_args(shards, tmp_path, hellaswag, *SHARDED)
     proc = torchrun(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
