@@ -23,14 +23,16 @@ the other keys; DCP loads it at any world size, and into one process. Either for
 file is renamed into place once written, a directory once every rank has written its part.
 """
 
+import contextlib
 import dataclasses
 import os
 import random
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -119,6 +121,14 @@ def read_checkpoint_file(path: Path, map_location: Union[str, torch.device],
     return state
 
 
+@contextlib.contextmanager
+def one_process_is_meant() -> Iterator[None]:
+    """Without DCP's warning that it assumes one process when there is no process group: here that is meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def load_sharded(path: Path, tensors: dict[str, Any], no_dist: bool = False) -> dict[str, Any]:
     """Fill `tensors` ({"model": ..., "optimizer": ...}: state dicts to load into, plain or sharded) from a sharded
     checkpoint, resharded to this run's world size; no_dist: in this process alone, whatever the other ranks do."""
@@ -126,7 +136,8 @@ def load_sharded(path: Path, tensors: dict[str, Any], no_dist: bool = False) -> 
     import torch.distributed.checkpoint as dcp
 
     try:
-        dcp.load(tensors, checkpoint_id=str(path), no_dist=no_dist or not dist.is_initialized())
+        with one_process_is_meant():
+            dcp.load(tensors, checkpoint_id=str(path), no_dist=no_dist or not dist.is_initialized())
     except Exception as e:  # a shard missing or cut short, keys that do not fit ...
         raise ValueError(f"{path}: the sharded checkpoint does not load: {first_line(e)[:300]}") from None
     return tensors
@@ -270,8 +281,9 @@ def save_sharded(state: TrainState, path: Path, master: bool) -> None:
             save_checkpoint(path / SHARDED_STATE, plain)
         return
     tmp = path.with_name(path.name + ".tmp")  # one name for every rank; a killed save's is removed at the next start
-    dcp.save({"model": full["model"], "optimizer": full["optimizer"]}, checkpoint_id=str(tmp),
-             no_dist=not dist.is_initialized())  # with several ranks, a collective
+    with one_process_is_meant():
+        dcp.save({"model": full["model"], "optimizer": full["optimizer"]}, checkpoint_id=str(tmp),
+                 no_dist=not dist.is_initialized())  # with several ranks, a collective
     if master:  # dcp.save returns on the master once every rank's shards are written
         save_checkpoint(tmp / SHARDED_STATE, plain)
         os.replace(tmp, path)

@@ -55,7 +55,8 @@ def export_hf(init: Union[str, Path], out_dir: Union[str, Path], vocab_size: int
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = ArgumentParser(description=first_line(__doc__))
-    parser.add_argument("init", metavar="CHECKPOINT", help="our checkpoint .pt (or an HF directory / hub name)")
+    parser.add_argument("init", metavar="CHECKPOINT", help="our checkpoint (.pt or sharded ckpt_NNNNNN/), a run "
+                                                        "directory (its newest), an HF directory or a hub name")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the directory to write")
     args = parser.parse_args(argv)
     out = export_hf(args.init, args.out_dir)

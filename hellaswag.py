@@ -190,7 +190,8 @@ def judge_examples(model: nn.Module, examples: list[dict], device: torch.device,
 
 def parse_args(argv: Optional[list[str]] = None):
     parser = ArgumentParser(description=first_line(__doc__))
-    parser.add_argument("-m", "--model", default="gpt2", help="checkpoint .pt, Hugging Face GPT-2 directory, hub name")
+    parser.add_argument("-m", "--model", default="gpt2", help="checkpoint (.pt or sharded ckpt_NNNNNN/), run directory "
+                                                               "(its newest), Hugging Face GPT-2 directory, hub name")
     parser.add_argument("--split", default="val", help=f"which HellaSwag split: {', '.join(SPLITS)} (test's labels "
                                                        f"are hidden)")
     parser.add_argument("--data", default=None, help="a local hellaswag_{split}.jsonl instead of the cached download")

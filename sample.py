@@ -98,8 +98,9 @@ def print_flushed(text: str) -> None:
 def parse_args(argv: Optional[list[str]] = None):
     parser = ArgumentParser(description=first_line(__doc__))
     parser.add_argument("--init", default=None,
-                        help=f"checkpoint .pt, run directory (its newest checkpoint), Hugging Face GPT-2 directory, or "
-                             f"hub name (gpt2, ...); default: the newest checkpoint in {DEFAULT_RUN_DIR}/")
+                        help=f"checkpoint (.pt, or a sharded ckpt_NNNNNN/ directory), run directory (its newest "
+                             f"checkpoint), Hugging Face GPT-2 directory, or hub name (gpt2, ...); default: the newest "
+                             f"checkpoint in {DEFAULT_RUN_DIR}/")
     parser.add_argument("-p", "--prompt", default="Hello, I'm a language model,", help="empty: <|endoftext|>")
     parser.add_argument("-n", "--num-samples", type=positive_int, default=4, help="how many samples")
     parser.add_argument("-m", "--max-new-tokens", type=positive_int, default=32, help="tokens to add to each")

@@ -199,6 +199,7 @@ def test_a_kill_mid_save_leaves_the_previous_checkpoint_and_the_run_resumes(shar
         load_model(str(path))  # complete, or not listed at all
     result = train(parse_config(args))
     assert not list(tmp_path.glob("*.tmp")) and load_checkpoint(tmp_path / "ckpt_000020")["step"] == 20
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_000019", "ckpt_000020"]  # --keep-checkpoints 2
     assert len(result["losses"]) == 20 - (load_checkpoint(checkpoints[-1])["step"] if checkpoints else 0)
 
 
