@@ -28,7 +28,6 @@ import dataclasses
 import os
 import random
 import re
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 from cli import first_line
 from dataloader import ShardLoader
-from files import atomic_file, remove_stale_temporaries, sync_directory
+from files import atomic_file, remove, remove_stale_temporaries, sync_directory
 from model import GPT, HF_MODEL_NAMES, GPTConfig
 from network import hub_unreachable
 
@@ -89,10 +88,7 @@ def prune_checkpoints(run_dir: Union[str, Path], keep: int) -> None:
     """Delete all but the newest `keep` checkpoints (keep <= 0 keeps all)."""
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
+            remove(old)
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:

@@ -62,12 +62,17 @@ def remove_stale_temporaries(directory: Union[str, Path], pattern: re.Pattern) -
     for path in directory.iterdir():
         m = TEMPORARY.match(path.name)
         if m and pattern.match(m.group("name")):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            remove(path)
             removed.append(path)
     return removed
+
+
+def remove(path: Path) -> None:
+    """Delete a file or a whole directory (a sharded checkpoint), if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
