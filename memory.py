@@ -118,23 +118,26 @@ def describe(s: Setting) -> str:
 
 
 def changes_that_fit(s: Setting, budget: float) -> Optional[tuple[str, Setting]]:
-    """The first change, in the order of what it costs in speed, that brings the estimate under budget bytes: the
-    loss in chunks, activation checkpointing, FSDP (on several ranks), then a smaller micro-batch (the flags, and the
-    setting they give); None if none does."""
-    candidates = []
+    """The first change that brings the estimate under budget bytes, each adding to the one before in the order of
+    what it costs in speed: the loss in chunks, activation checkpointing, FSDP (on several ranks), then ever smaller
+    micro-batches; (its flags, the setting they give), or None if none does."""
+    steps = []
     if not s.loss_chunk:
-        candidates.append(("--loss-chunk-size 4096", dataclasses.replace(s, loss_chunk=4096)))
+        steps.append(("--loss-chunk-size 4096", dict(loss_chunk=4096)))
     if not s.checkpointing:
-        s = dataclasses.replace(s, checkpointing=True, loss_chunk=s.loss_chunk or 4096)
-        candidates.append(("--loss-chunk-size 4096 --activation-checkpointing block", s))
+        steps.append(("--activation-checkpointing block", dict(checkpointing=True)))
     if s.parallel != "fsdp" and s.world_size > 1:
-        s = dataclasses.replace(s, parallel="fsdp")
-        candidates.append(("--parallel fsdp --loss-chunk-size 4096 --activation-checkpointing block", s))
+        steps.append(("--parallel fsdp", dict(parallel="fsdp")))
+    flags, candidates = [], []
+    for flag, change in steps:
+        s = dataclasses.replace(s, **change)
+        flags.append(flag)
+        candidates.append((" ".join(flags), s))
     batch = s.micro_batch
     while batch > 1:
         batch //= 2
         smaller = dataclasses.replace(s, micro_batch=batch, grad_accum=s.grad_accum * s.micro_batch // batch)
-        candidates.append((f"those and --micro-batch-size {batch}", smaller))
+        candidates.append((" ".join([*flags, f"--micro-batch-size {batch}"]), smaller))
     return next(((flags, setting) for flags, setting in candidates if total(setting) <= budget), None)
 
 
