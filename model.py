@@ -374,16 +374,16 @@ class GPT(nn.Module):
         (mode="reduce-overhead"). Otherwise the filled form: eager, or compiled with dynamic shapes, so that one
         compilation serves every length (a batch of 1 gets its own)."""
         static = (compile and device.type == "cuda") if static is None else static
-        if not compile:
-            return self.decode_logits if not static else (lambda token, pos, filled: self.decode_logits(token, pos))
-        key = (device.type, static)
-        if key not in self._decode_steps:
-            settings = dict(mode="reduce-overhead", dynamic=False) if static else dict(dynamic=True)
-            self._decode_steps[key] = torch.compile(self.decode_logits, fullgraph=True, **settings)
-        compiled = self._decode_steps[key]
-        if static:  # clone: the next CUDA graph replay overwrites its output
-            return lambda token, pos, filled: compiled(token, pos).clone()
-        return compiled
+        step = self.decode_logits
+        if compile:
+            key = (device.type, static)
+            if key not in self._decode_steps:
+                settings = dict(mode="reduce-overhead", dynamic=False) if static else dict(dynamic=True)
+                self._decode_steps[key] = torch.compile(self.decode_logits, fullgraph=True, **settings)
+            step = self._decode_steps[key]
+        if not static:
+            return step
+        return lambda token, pos, filled: step(token, pos).clone()  # clone: a CUDA graph's next replay overwrites it
 
     @torch.no_grad()
     def generate(
