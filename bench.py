@@ -168,7 +168,7 @@ class FixedBatch:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         warmup_times = [timed(step, device) for _ in range(max(1, args.warmup))]
-        peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**30 if device.type == "cuda" else None
+        peak = (torch.cuda.max_memory_allocated(device) - resident) / GIB if device.type == "cuda" else None
         compile_seconds = warmup_times[0] - min(warmup_times) if args.compile else None  # the first step compiles
         estimated = None
         if isinstance(model, GPT):
