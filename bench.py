@@ -30,15 +30,17 @@ from cli import ArgumentParser, first_line, non_negative_float, non_negative_int
 from devices import (
     ATTENTION_BACKENDS,
     COMPILE_MODES,
+    INFERENCE_DTYPE_HELP,
     add_device_flags,
     allow_tf32,
-    attention_backend,
     autocast,
     check_attention_backend,
     compile_model,
     compile_wanted,
     device_and_dtype,
+    graphs_compiled,
     peak_flops_of,
+    recompile_room,
     synchronize,
 )
 from dataloader import ShardLoader
@@ -126,12 +128,22 @@ class Contender:
 
     name: str
     batch: int
-    step: Callable[[], None]
-    fixed_loss: float  # on the shared fixed batch, before any step
-    compile_seconds: Optional[float]
-    peak_memory_gib: Optional[float]
+    step: Callable[[], torch.Tensor]  # one optimizer step; returns its loss
+    fixed_loss: float  # on the shared fixed batch, before any update: the first step's loss
+    first_seconds: float  # the first step, compilation included
+    graphs: Optional[int]  # compiled by the first step (None: not compiled)
+    peak_memory_gib: Optional[float]  # the whole contender: its weights, AdamW state, activations
     estimated_gib: Optional[float] = None  # memory.py's estimate (eager), for our model
+    recompiles: int = 0  # graphs compiled after the first step: a fault, its times measure compilation
     times: list[float] = field(default_factory=list)
+
+    def run(self, device: torch.device, record: bool = True) -> None:
+        """One more step, timed (when record) and watched for recompilation."""
+        before = graphs_compiled()
+        seconds = timed(self.step, device)
+        self.recompiles += graphs_compiled() - before
+        if record:
+            self.times.append(seconds)
 
 
 @dataclass
@@ -145,45 +157,68 @@ class FixedBatch:
     device: torch.device
     dtype: torch.dtype
 
-    def prepare(self, name: str, model: torch.nn.Module, loss_of: Callable, levers: Levers) -> Contender:
-        """A contender: AdamW as in training, the levers applied, and the warm-up steps run (compilation, the peak
-        memory of this contender alone: what others hold already is subtracted)."""
+    def prepare(self, name: str, build: Callable[[], torch.nn.Module], loss_of: Callable, levers: Levers) -> Contender:
+        """A contender: its model built (its memory counted from here: what earlier contenders hold is not), the
+        levers applied, AdamW as in training, and the warm-up steps run. The first step compiles the one graph of
+        the training step and gives the fixed-batch loss (the initial weights, before its update)."""
         device, dtype, args = self.device, self.dtype, self.args
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        model = build()
+        if isinstance(model, GPT):
+            model.set_attention(levers.attention)
         optimizer = configure_optimizers(model.parameters(), 0.1, 6e-4, device.type, log=None)  # any model's
         forward = compile_model(model, levers.compile_mode) if args.compile else model
         scale = levers.batch_scale
         bx, by = self.x.repeat(scale, 1), self.y.repeat(scale, 1)  # (scale * B, T): a larger micro-batch, same tokens
 
-        def step() -> None:
-            with autocast(device, dtype), attention_backend(levers.attention):
+        def step() -> torch.Tensor:
+            with autocast(device, dtype):
                 loss = loss_of(forward, bx, by, levers.loss_chunk_size)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            return loss.detach()
 
-        with torch.no_grad(), autocast(device, dtype), attention_backend(levers.attention):
-            fixed_loss = loss_of(forward, self.x, self.y, levers.loss_chunk_size).item()  # compiles the forward
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        warmup_times = [timed(step, device) for _ in range(max(1, args.warmup))]
-        peak = (torch.cuda.max_memory_allocated(device) - resident) / GIB if device.type == "cuda" else None
-        compile_seconds = warmup_times[0] - min(warmup_times) if args.compile else None  # the first step compiles
+        losses = []
+        before = graphs_compiled()
+        first_seconds = timed(lambda: losses.append(step()), device)
+        graphs = graphs_compiled() - before if args.compile else None
         estimated = None
         if isinstance(model, GPT):
             setting = Setting(model.config, self.x.size(0) * scale, self.x.size(1), dtype != torch.float32,
                               loss_chunk=levers.loss_chunk_size)
             estimated = memory_total(setting) / GIB
-        return Contender(name, self.x.size(0) * scale, step, fixed_loss, compile_seconds, peak, estimated)
+        contender = Contender(name, self.x.size(0) * scale, step, losses[0].item(), first_seconds, graphs, None,
+                              estimated)
+        for _ in range(args.warmup - 1):
+            contender.run(device, record=False)
+        if device.type == "cuda":
+            contender.peak_memory_gib = (torch.cuda.max_memory_allocated(device) - resident) / GIB
+        return contender
 
 
 def time_interleaved(contenders: list[Contender], repeats: int, device: torch.device) -> None:
     """repeats rounds of one step each (A B C, B C A, ...): machine drift reaches every contender alike."""
     for r in range(repeats):
         for i in range(len(contenders)):
-            contender = contenders[(i + r) % len(contenders)]
-            contender.times.append(timed(contender.step, device))
+            contenders[(i + r) % len(contenders)].run(device)
+
+
+def train_row(c: Contender, T: int, flops_per_token: int, peak: Optional[float], args) -> dict[str, Any]:
+    """A contender's row: its median step as tokens/s and MFU, unless it recompiled (then only what it compiled)."""
+    seconds = statistics.median(c.times) if c.times and not c.recompiles else None
+    tokens_per_s = c.batch * T / seconds if seconds else None
+    return {
+        "bench": "train", "impl": c.name, "B": c.batch, "T": T, "dtype": str(args.dtype).split(".")[-1],
+        "compile": args.compile, "ms_per_step": 1000 * seconds if seconds else None, "tokens_per_s": tokens_per_s,
+        "mfu_percent": mfu_percent(flops_per_token, tokens_per_s, peak) if tokens_per_s else None,
+        "peak_memory_gib": c.peak_memory_gib, "estimated_gib": c.estimated_gib,
+        "compile_s": c.first_seconds - seconds if args.compile and seconds else None,  # the first step's extra time
+        "graphs": c.graphs, "recompiles": c.recompiles if args.compile else None,
+    }
 
 
 def sweep_levers(args, device: torch.device, B: int, T: int) -> list[tuple[str, Levers]]:
@@ -237,30 +272,28 @@ def bench_train(args) -> None:
         if args.compare_hf:
             plan.append(("transformers", lambda: transformers_twin(ours().cpu()).to(device), hf_loss, Levers()))
     contenders = []
-    for label, build, loss_of, levers in plan:
-        try:
-            contenders.append(batch.prepare(label, build(), loss_of, levers))
-        except (RuntimeError, ValueError) as e:  # a kernel this GPU or build lacks: say so, measure the rest
-            print(f"skipped {label}: {first_line(e)[:160]}", file=sys.stderr)
-    time_interleaved(contenders, args.repeats, device)
-    rows = []
-    for c in contenders:
-        seconds = statistics.median(c.times)
-        tokens_per_s = c.batch * T / seconds
-        rows.append({
-            "bench": "train", "impl": c.name, "model": name, "B": c.batch, "T": T, "dtype": str(dtype).split(".")[-1],
-            "compile": args.compile, "ms_per_step": 1000 * seconds, "tokens_per_s": tokens_per_s,
-            "mfu_percent": mfu_percent(flops_per_token, tokens_per_s, peak),
-            "peak_memory_gib": c.peak_memory_gib, "estimated_gib": c.estimated_gib, "compile_s": c.compile_seconds,
-            "loss_vs_first": c.fixed_loss - contenders[0].fixed_loss if args.sweep else None,  # same loss: sweep
-        })
+    with recompile_room(4 * len(plan)):  # every contender compiles the same forward again: keep all their graphs
+        for label, build, loss_of, levers in plan:
+            try:
+                contenders.append(batch.prepare(label, build, loss_of, levers))
+            except (RuntimeError, ValueError) as e:  # a kernel this GPU or build lacks: say so, measure the rest
+                print(f"skipped {label}: {first_line(e)[:160]}", file=sys.stderr)
+        time_interleaved(contenders, args.repeats, device)
+    rows = [train_row(c, T, flops_per_token, peak, args) for c in contenders]
+    for row, c in zip(rows, contenders):
+        row.update(model=name, loss_vs_first=c.fixed_loss - contenders[0].fixed_loss if args.sweep else None)
+        if c.recompiles:
+            print(f"fault: {c.name} compiled {c.recompiles} more graph(s) after its first step; its times measure "
+                  f"compilation and are not reported", file=sys.stderr)
     ratios = {}
-    if args.compare_hf and not args.sweep and len(rows) == 2:
-        ratios["training tokens/s, ours / transformers"] = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
-    if args.sweep:
-        ratios.update({f"{row['impl']} / first": row["tokens_per_s"] / rows[0]["tokens_per_s"] for row in rows[1:]})
+    first = rows[0]["tokens_per_s"] if rows else None
+    if args.compare_hf and not args.sweep and len(rows) == 2 and first and rows[1]["tokens_per_s"]:
+        ratios["training tokens/s, ours / transformers"] = first / rows[1]["tokens_per_s"]
+    if args.sweep and first:
+        ratios.update({f"{row['impl']} / first": row["tokens_per_s"] / first
+                       for row in rows[1:] if row["tokens_per_s"]})
     columns = ["impl", "B", "T", "dtype", "compile", "ms_per_step", "tokens_per_s", "mfu_percent", "peak_memory_gib",
-               "estimated_gib", "compile_s", "loss_vs_first"]
+               "estimated_gib", "compile_s", "graphs", "recompiles", "loss_vs_first"]
     report(describe_device(device) + f", {name}", rows, columns, ratios, args.json)
 
 
@@ -268,22 +301,46 @@ def bench_train(args) -> None:
 # Sampling
 
 
+def decoding_costs(generate: Callable[..., object], tokens: int, device: torch.device) -> dict[str, Optional[float]]:
+    """Per new token of generate(on_token=...): the host's time per decoding call (the median gap between two
+    tokens handed out, nothing waiting for the device: on a GPU, what launching a step costs the host), and on CUDA
+    the GPU's busy time (its kernels, from the profiler). Host time near the wall time per token, GPU busy time
+    well below it: the step is host-bound."""
+    stamps = []
+    synchronize(device)
+    generate(on_token=lambda column: stamps.append(time.perf_counter()))
+    synchronize(device)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    costs = {"host_ms_per_call": 1000 * statistics.median(gaps) if gaps else None, "gpu_busy_ms_per_token": None}
+    if device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            generate()
+            synchronize(device)
+        busy_us = sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages())
+        costs["gpu_busy_ms_per_token"] = busy_us / 1000 / tokens
+    return costs
+
+
 def bench_generate(args) -> None:
     device, dtype = args.device, args.dtype
     torch.manual_seed(0)
     model = load_model(args.init, device) if args.init else GPT(config_from_preset(args.model)).to(device)
-    model.eval()
     name = args.init or args.model
-    hf = transformers_twin(model).to(device).eval() if args.compare_hf else None
+    # transformers' twin from the same weights, both cast to the compute dtype, as sample.py runs ours
+    hf = transformers_twin(model).to(device, dtype).eval() if args.compare_hf else None
+    model = model.cast_for_inference(dtype).eval()
     rows, ratios = [], {}
     for batch in args.batch:
         prompt = torch.randint(0, N_VOCAB, (batch, args.prompt_len), device=device)
         runs = {
-            "ours, KV cache": lambda: model.generate(prompt, args.tokens, temperature=0),
-            "ours, cache-free": lambda: model.generate(prompt, args.tokens, temperature=0, use_cache=False),
+            "ours, KV cache": lambda **kw: model.generate(prompt, args.tokens, temperature=0, **kw),
+            "ours, cache-free": lambda **kw: model.generate(prompt, args.tokens, temperature=0, use_cache=False, **kw),
         }
         if args.compile:
-            runs["ours, KV cache, compiled"] = lambda: model.generate(prompt, args.tokens, temperature=0, compile=True)
+            runs["ours, KV cache, compiled"] = lambda **kw: model.generate(prompt, args.tokens, temperature=0,
+                                                                           compile=True, **kw)
         if hf is not None:
             mask = torch.ones_like(prompt)
             runs["transformers generate"] = lambda: hf.generate(
@@ -294,10 +351,11 @@ def bench_generate(args) -> None:
         for impl, fn in runs.items():
             with torch.no_grad(), autocast(device, dtype):
                 seconds = median_time(fn, args.repeats, device)
+                costs = decoding_costs(fn, args.tokens, device) if impl.startswith("ours, KV cache") else {}
             speed[impl] = batch * args.tokens / seconds
             rows.append({"bench": "generate", "impl": impl, "model": name, "batch": batch,
                          "prompt": args.prompt_len, "new_tokens": args.tokens, "tokens_per_s": speed[impl],
-                         "ms_per_token": 1000 * seconds / args.tokens})
+                         "ms_per_token": 1000 * seconds / args.tokens, **costs})
         ratios[f"batch {batch}: KV cache / cache-free"] = speed["ours, KV cache"] / speed["ours, cache-free"]
         if args.compile:
             ratios[f"batch {batch}: compiled KV cache / KV cache"] = (
@@ -311,8 +369,10 @@ def bench_generate(args) -> None:
             ratios[f"batch {batch}: ours (compiled KV cache) / transformers generate"] = (
                 speed["ours, KV cache, compiled"] / speed["transformers generate"]
             )
-    columns = ["impl", "model", "batch", "prompt", "new_tokens", "tokens_per_s", "ms_per_token"]
-    report(describe_device(device) + f", {str(dtype).split('.')[-1]}, greedy", rows, columns, ratios, args.json)
+    columns = ["impl", "model", "batch", "prompt", "new_tokens", "tokens_per_s", "ms_per_token", "host_ms_per_call",
+               "gpu_busy_ms_per_token"]
+    report(describe_device(device) + f", {str(dtype).split('.')[-1]} weights, greedy", rows, columns, ratios,
+           args.json)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -394,8 +454,8 @@ def parse_args(argv: Optional[list[str]] = None):
     data.add_argument("--batch-size", type=positive_int, default=16)
     data.add_argument("--seq-len", type=positive_int, default=1024)
 
-    for p in (train, gen):
-        add_device_flags(p)
+    add_device_flags(train)
+    add_device_flags(gen, INFERENCE_DTYPE_HELP)
     for p in (train, gen, data):
         p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = parser.parse_args(argv)

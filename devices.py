@@ -6,11 +6,14 @@ import contextlib
 from typing import Optional
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
 DTYPE_HELP = ("autocast dtype: float32, bfloat16, float16; auto: bf16 on CUDA where supported, fp16 (with a gradient "
               "scaler in training) on older GPUs, fp32 elsewhere")
+INFERENCE_DTYPE_HELP = ("compute dtype, the weights cast to it (float32, bfloat16, float16); auto: bf16 on CUDA where "
+                       "supported, fp16 on older GPUs, fp32 elsewhere")
 # Peak dense bf16 tensor-core FLOP/s (no sparsity) for MFU, matched against the CUDA device name in this order, so
 # the more specific names come first ("A10" is also a substring of "A100").
 PEAK_FLOPS = (
@@ -115,9 +118,9 @@ DEVICE_FLAG = dict(default="auto", type=device_name, help=DEVICE_HELP)
 DTYPE_FLAG = dict(default="auto", choices=("auto", *DTYPES), help=DTYPE_HELP)
 
 
-def add_device_flags(parser: argparse.ArgumentParser) -> None:
+def add_device_flags(parser: argparse.ArgumentParser, dtype_help: str = DTYPE_HELP) -> None:
     parser.add_argument("--device", **DEVICE_FLAG)
-    parser.add_argument("--dtype", **DTYPE_FLAG)
+    parser.add_argument("--dtype", **{**DTYPE_FLAG, "help": dtype_help})
 
 
 def check_dtype(device: torch.device, dtype: str) -> None:
@@ -143,7 +146,12 @@ def device_and_dtype(parser: argparse.ArgumentParser, device: str, dtype: str) -
 # compiles. "auto" / "default" leave PyTorch's own choice.
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 CUDA_ONLY_ATTENTION = ("efficient", "cudnn")
+SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# The modes that replay CUDA graphs. A graph's outputs live in memory its next replay overwrites, so micro-steps that
+# accumulate gradients over several replays get wrong gradients or an error (pytorch/pytorch#169545, #96693).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def check_attention_backend(name: str, device: torch.device) -> None:
@@ -156,14 +164,20 @@ def check_attention_backend(name: str, device: torch.device) -> None:
 
 
 def attention_backend(name: str) -> contextlib.AbstractContextManager:
-    """F.scaled_dot_product_attention restricted to one kernel inside the context; "auto": PyTorch's pick."""
+    """F.scaled_dot_product_attention restricted to one kernel inside the context; "auto": PyTorch's pick. Entered
+    inside a compiled model's forward (see model.CausalSelfAttention), the kernel is compiled into its graph."""
     if name == "auto":
         return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel(SDPA_BACKENDS[name])
 
-    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
-    return sdpa_kernel(backend)
+
+def check_compile_mode(mode: str, micro_steps: int) -> None:
+    """A CUDA-graph mode cannot replay one graph for several accumulating micro-steps (see CUDA_GRAPH_MODES)."""
+    if mode in CUDA_GRAPH_MODES and micro_steps > 1:
+        raise ValueError(f"--compile-mode {mode} replays CUDA graphs, which give wrong gradients when {micro_steps} "
+                         f"micro-steps accumulate them (pytorch/pytorch#169545): use --compile-mode "
+                         f"max-autotune-no-cudagraphs, or one micro-step per step (--total-batch-size = "
+                         f"--micro-batch-size x --seq-len x ranks)")
 
 
 def compile_wanted(choice: Optional[bool], device: torch.device) -> bool:
@@ -181,5 +195,28 @@ def eager() -> contextlib.AbstractContextManager:
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """torch.compile with one of COMPILE_MODES ("default": torch.compile's own)."""
-    return torch.compile(model, mode=None if mode == "default" else mode)
+    """torch.compile with one of COMPILE_MODES ("default": torch.compile's own), for the fixed shapes of training
+    and benchmarks: dynamic=False, so another shape is a new graph (a recompilation), never a symbolic one."""
+    return torch.compile(model, mode=compile_mode_option(mode), dynamic=False)
+
+
+def compile_mode_option(mode: str) -> Optional[str]:
+    """torch.compile's mode= of one of COMPILE_MODES."""
+    return None if mode == "default" else mode
+
+
+def recompile_room(limit: int) -> contextlib.AbstractContextManager:
+    """Inside, torch.compile keeps up to `limit` graphs per function before it stops compiling it (torch._dynamo's
+    recompile_limit, cache_size_limit before torch 2.7; the default 8 is there to catch shapes that change by
+    accident): for work whose graphs are each deliberate, such as a benchmark's contenders."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    return config.patch(**{name: max(limit, getattr(config, name))})
+
+
+def graphs_compiled() -> int:
+    """Graphs torch.compile has built in this process so far: the difference across some work is what it compiled
+    (torch._dynamo's counters; 0 where a torch version lacks them)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]

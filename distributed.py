@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cli import first_line
-from devices import compile_model, pick_device
+from devices import compile_mode_option, compile_model, pick_device
 
 PARALLEL_MODES = ("ddp", "fsdp")
 CHECKPOINTING = ("none", "block")
@@ -154,7 +154,7 @@ def parallelize(model: torch.nn.Module, ranks: Ranks, mode: str, checkpointing: 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     for block in model.transformer.h:
         if compile_mode:
-            block.compile(mode=None if compile_mode == "default" else compile_mode)  # in place: keys unchanged
+            block.compile(mode=compile_mode_option(compile_mode), dynamic=False)  # in place: keys unchanged
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     register_fsdp_forward_method(model, "next_token_logits")  # decoding's entry point, beside forward

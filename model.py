@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from devices import attention_backend, recompile_room
 from tokenizer import EOT_ID, N_VOCAB
 
 # GPT-2's vocabulary padded up to a multiple of 128 (50,304): the extra rows are never a target, and the matmuls
@@ -58,6 +59,11 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),  # ~3.3M, tests
 }
 HF_MODEL_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+# Graphs kept per compiled decoding function: one per batch size, dtype and model shape that the caller decodes
+# with, each deliberate (torch.compile's default of 8 catches shapes that change by accident: past it, the step failed
+# under fullgraph or ran eagerly).
+DECODING_GRAPHS = 64
 
 # Hugging Face's GPT-2 stores these Linear layers as Conv1D, whose weight is (in_features, out_features).
 HF_CONV1D_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
@@ -129,6 +135,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.kv_cache: Optional[KVCache] = None  # attached by GPT.setup_caches; used only when decoding
+        self.kernel = "auto"  # SDPA kernel of whole-sequence passes (GPT.set_attention)
 
     def forward(self, x: torch.Tensor, decoding: Optional[Decoding] = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C), causal. When decoding, the keys and values also go into the cache, and a step
@@ -141,7 +148,10 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
         if decoding is not None:
             k, v = self.kv_cache.update(decoding, k, v)  # (B, nh, S, hd) x 2
-        if decoding is None or decoding.prefill:
+        if decoding is None:
+            with attention_backend(self.kernel):  # inside forward: torch.compile guards on it and compiles it in
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif decoding.prefill:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=decoding.mask)  # one query: no causal mask
@@ -203,6 +213,15 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def set_attention(self, kernel: str) -> "GPT":
+        """The SDPA kernel of training and evaluation passes (devices.ATTENTION_BACKENDS; "auto": PyTorch's pick), a
+        setting of the model: a compiled model compiles the kernel set at its first call, and another setting makes
+        another graph. Decoding keeps PyTorch's pick (its masks are not every kernel's)."""
+        for module in self.modules():  # through wrappers (activation checkpointing) too
+            if isinstance(module, CausalSelfAttention):
+                module.kernel = kernel
+        return self
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, the tied wte/lm_head counted once; non_embedding leaves out the position embedding."""
@@ -449,10 +468,17 @@ class GPT(nn.Module):
         step = self.decoding_step(device, compile)
         next_id = emit(T, self.next_token_logits(prompt, Decoding(torch.arange(T, device=device))))  # (B, 1)
         pos = torch.full((1,), T, dtype=torch.long, device=device)  # where next_id's k, v go
-        for length in range(T + 1, T + new_tokens):
-            logits = step(next_id, pos, length)  # (B, V), the first `length` positions filled
-            pos += 1
-            next_id = emit(length, logits)
+        with recompile_room(DECODING_GRAPHS):
+            for length in range(T + 1, T + new_tokens):
+                logits = step(next_id, pos, length)  # (B, V), the first `length` positions filled
+                pos += 1
+                next_id = emit(length, logits)
+
+    def cast_for_inference(self, dtype: torch.dtype) -> "GPT":
+        """This model with its weights in `dtype` (autocast's: bf16 or fp16), for inference only. Decoding reads
+        every weight once per token; fp32 weights under autocast would be cast again at every step, 4x the memory
+        traffic of bf16 weights (training keeps fp32 weights: AdamW updates them). float32 changes nothing."""
+        return self.to(dtype)
 
 
 def configure_optimizers(parameters: Iterable[nn.Parameter], weight_decay: float, learning_rate: float,
@@ -488,41 +514,53 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     """F.cross_entropy(hidden @ weight.T, targets, ignore_index=-1), `chunk` rows of hidden at a time, so the
     (N, V) logits never exist at once: each chunk's gradients (softmax minus one-hot, through the projection) are
     computed in the forward pass while its probabilities are at hand, then scaled by the incoming gradient in
-    backward. Under autocast the projections run in its dtype and the softmax in fp32, as the unfused path does."""
+    backward. Under autocast the projections run in its dtype and the softmax in fp32, as the unfused path does.
+
+    The 1 / (valid positions) of the mean is applied after the products, in fp32: applied before, it would push the
+    fp16 products' inputs (probabilities ~1/V over ~N positions) below fp16's range before the gradient scaler's
+    factor, which only arrives in backward, could lift them. Without gradients wanted (evaluation) only the loss is
+    computed."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                with_grads: bool) -> torch.Tensor:
         acc = torch.promote_types(weight.dtype, torch.float32)  # fp32, or fp64 for a float64 model
         valid_count = (targets != -1).sum().clamp(min=1).to(acc)  # a tensor: no host sync
         loss = torch.zeros((), dtype=acc, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden)  # (N, C)
-        grad_weight = torch.zeros_like(weight, dtype=acc)  # (V, C)
+        if with_grads:
+            grad_hidden = torch.empty_like(hidden, dtype=acc)  # (N, C)
+            grad_weight = torch.zeros_like(weight, dtype=acc)  # (V, C)
         for start in range(0, hidden.size(0), chunk):
             h, t = hidden[start : start + chunk], targets[start : start + chunk]  # (n, C), (n,)
             logits = (h @ weight.t()).to(acc)  # (n, V), projected in autocast's dtype where it is on
             valid = (t != -1).to(acc)  # (n,)
             t = t.clamp(min=0)
             loss += ((torch.logsumexp(logits, dim=-1) - logits.gather(1, t[:, None])[:, 0]) * valid).sum()
+            if not with_grads:
+                continue
             d_logits = torch.softmax(logits, dim=-1)  # (n, V): d loss_i / d logits_i = softmax - one-hot
             d_logits.scatter_add_(1, t[:, None], -torch.ones_like(d_logits[:, :1]))
-            d_logits *= (valid / valid_count)[:, None]  # the mean over valid positions
+            d_logits *= valid[:, None]  # ignored positions add nothing; the mean's 1 / valid_count comes after
             grad_hidden[start : start + chunk] = d_logits.to(weight.dtype) @ weight  # (n, C)
             grad_weight += d_logits.t().to(h.dtype) @ h  # (V, C)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
+        if with_grads:
+            ctx.save_for_backward(grad_hidden.div_(valid_count), grad_weight.div_(valid_count))
+            ctx.dtypes = (hidden.dtype, weight.dtype)
         return loss / valid_count
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, (grad_weight * grad_loss).to(ctx.weight_dtype), None, None
+        hidden_dtype, weight_dtype = ctx.dtypes
+        return (grad_hidden * grad_loss).to(hidden_dtype), (grad_weight * grad_loss).to(weight_dtype), None, None, None
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                           chunk: int) -> torch.Tensor:
     """Mean cross-entropy of the projection hidden (N, C) @ weight (V, C).T against targets (N,), -1 ignored,
     without materialising the (N, V) logits (see ChunkedCrossEntropy)."""
-    return ChunkedCrossEntropy.apply(hidden, weight, targets, chunk)
+    with_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return ChunkedCrossEntropy.apply(hidden, weight, targets, chunk, with_grads)
 
 
 def sample_next(

@@ -15,7 +15,7 @@ import torch
 
 from checkpoint import DEFAULT_RUN_DIR, load_model, newest_checkpoint
 from cli import ArgumentParser, first_line, non_negative_float, non_negative_int, positive_int, run_cli
-from devices import add_device_flags, autocast, device_and_dtype
+from devices import INFERENCE_DTYPE_HELP, add_device_flags, autocast, device_and_dtype
 from model import GPT
 from tokenizer import EOT_ID, get_tokenizer
 
@@ -107,7 +107,7 @@ def parse_args(argv: Optional[list[str]] = None):
     parser.add_argument("--top-k", type=positive_int, default=50, help="sample among the k likeliest tokens")
     parser.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
     parser.add_argument("--seed", type=non_negative_int, default=42, help="random seed of the sampler")
-    add_device_flags(parser)
+    add_device_flags(parser, INFERENCE_DTYPE_HELP)
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the cached decoding step, once (a CUDA graph per token on a GPU); pays off "
@@ -120,7 +120,7 @@ def parse_args(argv: Optional[list[str]] = None):
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
-    model = load_model(args.init, args.device)
+    model = load_model(args.init, args.device).cast_for_inference(args.dtype)  # weights in the compute dtype
     vocab = min(model.config.vocab_size, get_tokenizer().n_vocab)
     if args.top_k > vocab:
         raise ValueError(f"--top-k {args.top_k} is larger than the vocabulary ({vocab})")

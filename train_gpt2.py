@@ -36,7 +36,7 @@ from cli import (Exit, StopRequest, check_fields, flag, fraction, non_negative, 
                  positive, run_cli)
 from dataloader import ShardLoader, list_shards  # noqa: E402
 from devices import (ATTENTION_BACKENDS, COMPILE_MODES, DEVICE_FLAG, DTYPE_FLAG, allow_tf32,  # noqa: E402
-                     attention_backend, autocast, check_attention_backend, check_dtype, compile_model, compile_wanted,
+                     autocast, check_attention_backend, check_compile_mode, check_dtype, compile_model, compile_wanted,
                      device_memory, eager, peak_flops_of, pick_device, pick_dtype)
 from distributed import (CHECKPOINTING, PARALLEL_MODES, Ranks, clip_grad_norm, fsdp_available,  # noqa: E402
                          gradient_sync, parallelize, process_group)
@@ -136,12 +136,15 @@ class TrainConfig:
             raise ValueError(f"--model {self.model!r}: choose from {', '.join(PRESETS)}")
         if not self.init_from and not self.eval_only:  # the shape of weights is known once they are loaded
             check_seq_len(self, config_for_run(self))
+        device = pick_device(self.device)
         if not self.eval_only:
             check_total_batch(self, world_size)
+            if compile_wanted(self.compile, device):
+                micro_steps = self.total_batch_size // (self.micro_batch_size * self.seq_len * world_size)
+                check_compile_mode(self.compile_mode, micro_steps)
         if self.val_tokens < self.micro_batch_size * self.seq_len:
             raise ValueError(f"--val-tokens {self.val_tokens} is less than one micro-batch (--micro-batch-size x "
                              f"--seq-len = {self.micro_batch_size * self.seq_len})")
-        device = pick_device(self.device)
         check_dtype(device, self.dtype)
         check_attention_backend(self.attention, device)
         if self.parallel == "fsdp":
@@ -220,12 +223,16 @@ class RunContext:
         return autocast(self.device, self.dtype)
 
     def compiled(self, model: GPT) -> torch.nn.Module:
-        """The model for fixed-shape forward passes (validation): through torch.compile when wanted."""
+        """The model for fixed-shape forward passes (validation) with --attention's kernel: through torch.compile
+        when wanted."""
+        model.set_attention(self.cfg.attention)
         return compile_model(model, self.cfg.compile_mode) if self.use_compile else model
 
     def parallelize(self, model: GPT) -> tuple[torch.nn.Module, torch.nn.Module]:
-        """The model laid out for training as the flags say: (forward, train_model); see distributed.parallelize."""
+        """The model laid out for training as the flags say, --attention's kernel set: (forward, train_model); see
+        distributed.parallelize."""
         cfg = self.cfg
+        model.set_attention(cfg.attention)
         return parallelize(model, self.ranks, cfg.parallel, cfg.activation_checkpointing,
                            cfg.compile_mode if self.use_compile else None,
                            self.dtype if self.dtype != torch.float32 else None)
@@ -470,15 +477,14 @@ def train_step(ctx: RunContext, state: TrainState, train_model: torch.nn.Module,
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=ctx.device)
-    with attention_backend(cfg.attention):
-        for micro_step in range(ctx.grad_accum):
-            x, y = state.train_loader.next_batch()  # (B, T) each
-            with gradient_sync(train_model, ctx.ranks, sync=micro_step == ctx.grad_accum - 1):
-                with ctx.autocast():  # [1]: the loss; the (B, T, vocab) logits are let go at once, not kept to backward
-                    loss = train_model(x, y, loss_chunk_size=cfg.loss_chunk_size)[1]
-                loss = loss / ctx.grad_accum  # the mean over micro-steps, as one big batch would have
-                loss_sum += loss.detach()
-                scaler.scale(loss).backward()
+    for micro_step in range(ctx.grad_accum):
+        x, y = state.train_loader.next_batch()  # (B, T) each
+        with gradient_sync(train_model, ctx.ranks, sync=micro_step == ctx.grad_accum - 1):
+            with ctx.autocast():  # [1]: the loss; the (B, T, vocab) logits are let go at once, not kept to backward
+                loss = train_model(x, y, loss_chunk_size=cfg.loss_chunk_size)[1]
+            loss = loss / ctx.grad_accum  # the mean over micro-steps, as one big batch would have
+            loss_sum += loss.detach()
+            scaler.scale(loss).backward()
     ctx.ranks.all_mean(loss_sum)
     scaler.unscale_(optimizer)
     norm = clip_grad_norm(state.model.parameters(), cfg.grad_clip or float("inf"))
@@ -588,7 +594,8 @@ class Evaluator:
 
         def window(i: int) -> list[float]:
             x, y = self.val_loader.next_batch()  # (B, T) each: window i * W + r
-            loss = self.forward(x, y)[1].item()  # on every rank, past the last window too: see distributed.py
+            # the loss as training computes it; on every rank, past the last window too: see distributed.py
+            loss = self.forward(x, y, loss_chunk_size=self.ctx.cfg.loss_chunk_size)[1].item()
             return [loss] if i * world_size + rank < self.val_windows else [0.0]
 
         self.forward.eval()

@@ -23,6 +23,10 @@ from fineweb import Source, build_shards, expand_inputs  # noqa: E402
 from model import GPT, PRESETS  # noqa: E402
 from tokenizer import N_VOCAB  # noqa: E402
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped elsewhere); run them alone with -m cuda")
+
+
 # torch.compile on the CPU (inductor) builds C++ kernels
 HAS_CXX = bool(shutil.which("c++") or shutil.which("g++"))
 # The one tiny shape of the tests: model.py's "tiny" preset with GPT-2's vocabulary (training pads it instead).

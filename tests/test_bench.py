@@ -60,10 +60,27 @@ def test_contenders_take_turns_in_rotating_order():
     """Each round times every contender once, and each round's order is the previous one's rotated by one (so each
     contender leads one round in every len(contenders)): machine drift reaches them all alike."""
     order = []
-    contenders = [bench.Contender(name, 1, lambda name=name: order.append(name), 0.0, None, None) for name in "abcd"]
+    contenders = [bench.Contender(name, 1, lambda name=name: order.append(name), 0.0, 0.0, None, None)
+                  for name in "abcd"]
     bench.time_interleaved(contenders, 8, torch.device("cpu"))
     rounds = [order[i : i + 4] for i in range(0, len(order), 4)]
     assert len(rounds) == 8 and all(sorted(r) == list("abcd") for r in rounds)
     rotations = [(earlier[1:] + earlier[:1], earlier[-1:] + earlier[:-1]) for earlier in rounds]  # either way
     assert all(later in rotated for rotated, later in zip(rotations, rounds[1:]))
     assert all(len(c.times) == 8 for c in contenders)
+
+
+def test_a_graph_compiled_after_the_first_step_is_a_fault_not_a_figure():
+    """A step whose input shape changes every call recompiles (dynamic=False, as bench compiles): counted per
+    contender, and its row has no speed."""
+    double = torch.compile(lambda x: x * 2, backend="eager", dynamic=False)
+    sizes = iter(range(1, 100))
+    fixed = bench.Contender("fixed", 1, lambda: double(torch.ones(7)), 0.0, 1.0, 1, None)
+    changing = bench.Contender("changing", 1, lambda: double(torch.ones(next(sizes))), 0.0, 1.0, 1, None)
+    double(torch.ones(7))  # the fixed contender's first step
+    bench.time_interleaved([fixed, changing], 3, torch.device("cpu"))
+    assert (fixed.recompiles, changing.recompiles) == (0, 3)
+    args = bench.parse_args(["train", "--compile", "--device", "cpu"])
+    assert bench.train_row(fixed, 16, 1000, None, args)["tokens_per_s"] > 0
+    row = bench.train_row(changing, 16, 1000, None, args)
+    assert row["tokens_per_s"] is None and row["mfu_percent"] is None and row["recompiles"] == 3

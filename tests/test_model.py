@@ -349,3 +349,109 @@ def test_model_loss_in_chunks_equals_the_whole_logits_loss():
     assert none is None and abs(full.item() - chunked.item()) < 1e-5
     for n, p in model.named_parameters():  # the tied wte / lm_head weight gets both of its gradients
         assert (p.grad - grads[n]).abs().max().item() < 1e-5, n
+
+
+def test_chunked_loss_under_fp16_and_the_gradient_scaler_matches_the_whole_logits_loss():
+    """fp16 autocast with the gradient scaler's factor, at 8,192 positions (a micro-batch of 8 x 1024) and a vocabulary
+    of 4,096: the chunked loss's gradients within 2e-3 of float64's, as the whole-logits loss's are (its error here
+    is ~4e-4: fp16 products). Scaling by 1 / positions before the fp16 products underflowed: 2-3% error."""
+    from model import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(8192, 64), 0.1 * torch.randn(4096, 64)
+    targets = torch.randint(0, 4096, (8192,))
+    targets[::7] = -1
+    scale = 65536.0  # GradScaler's initial factor
+
+    def gradients(loss_of, dtype=torch.float32):
+        h, w = hidden.to(dtype).clone().requires_grad_(), weight.to(dtype).clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.float16, enabled=dtype == torch.float32):
+            loss = loss_of(h, w)
+        (scale * loss).backward()
+        return h.grad.double() / scale, w.grad.double() / scale
+
+    reference = gradients(lambda h, w: F.cross_entropy(h @ w.t(), targets, ignore_index=-1), torch.float64)
+    whole = gradients(lambda h, w: F.cross_entropy(h @ w.t(), targets, ignore_index=-1))
+    chunked = gradients(lambda h, w: chunked_cross_entropy(h, w, targets, 4096))
+    for got, want in zip(whole + chunked, reference + reference):
+        assert ((got - want).norm() / want.norm()).item() < 2e-3
+
+
+def test_two_models_with_different_attention_kernels_compile_two_graphs_calling_different_kernels():
+    """The kernel is a setting of the model that torch.compile guards on: a second model set to another kernel gets a
+    graph of its own (an ambient sdpa_kernel context reused the first graph, and its kernel). On the CPU: flash
+    attention's op against the math kernel's softmax."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    from devices import graphs_compiled
+
+    aten_graphs = []  # what the forward of each model compiled to
+
+    def keep_forward_graph(graph_module, example_inputs):
+        aten_graphs[-1] += str(graph_module.graph)
+        return make_boxed_func(graph_module.forward)
+
+    backend = aot_autograd(fw_compiler=keep_forward_graph)
+    config = GPTConfig(block_size=16, vocab_size=96, n_layer=1, n_head=2, n_embd=32)
+    x = torch.randint(0, 96, (2, 16))
+    logits = []
+    for kernel in ("flash", "math"):
+        torch.manual_seed(0)
+        model = GPT(config).set_attention(kernel)
+        aten_graphs.append("")
+        before = graphs_compiled()
+        logits.append(torch.compile(model, backend=backend, dynamic=False)(x)[0])  # no loss: no log_softmax
+        logits[-1].sum().backward()
+        assert graphs_compiled() - before == 1
+    flash, math = aten_graphs
+    assert "flash_attention" in flash and "softmax" not in flash
+    assert "flash_attention" not in math and "softmax" in math
+    assert (logits[0] - logits[1]).abs().max().item() < 1e-5  # fp32: the same attention, another summation order
+
+
+def test_decoding_from_bf16_weights_is_within_bf16_tolerance_of_fp32():
+    """The KV-cached decoding path on weights cast for inference (bf16 caches too), teacher-forced so both see the
+    same tokens: every step's logits within 2% of the logits' largest magnitude (bf16 keeps 8 bits: ~0.4% per
+    rounding, a few roundings per layer; measured 0.4% here). float32 leaves the model as it is."""
+    import copy
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=96, n_layer=2, n_head=2, n_embd=32)).eval()
+    tokens, T = torch.randint(0, 96, (2, 20)), 5
+
+    def step_logits(m, dtype):
+        steps = []
+
+        def emit(length, logits):
+            steps.append(logits)
+            return tokens[:, length : length + 1]
+
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            m.decode_with_cache(tokens[:, :T], 20 - T, emit, compile=False)
+        return torch.stack(steps)  # (steps, B, V)
+
+    assert model.cast_for_inference(torch.float32) is model
+    want = step_logits(model, torch.float32)
+    cast = copy.deepcopy(model).cast_for_inference(torch.bfloat16)
+    assert {p.dtype for p in cast.parameters()} == {torch.bfloat16}
+    got = step_logits(cast, torch.bfloat16)
+    assert got.dtype == torch.float32 and (got - want).abs().max() <= 0.02 * want.abs().max()
+
+
+@pytest.mark.skipif(not HAS_CXX, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_decoding_keeps_a_graph_per_batch_size_past_the_recompile_limit(monkeypatch):
+    """With torch.compile's recompile limit at 1, three batch sizes (three graphs on the CPU: a batch of one, then
+    two others whose size differs from the first's compiled shape) still decode compiled, with the eager tokens.
+    Before, the second one failed (torch 2.13, fullgraph: "recompile limit exceeded") or ran eagerly."""
+    from devices import graphs_compiled
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    before = graphs_compiled()
+    for batch in (1, 2, 3):
+        prompt = torch.randint(0, 64, (batch, 3))
+        eager = model.generate(prompt, 4, temperature=0)
+        assert torch.equal(model.generate(prompt, 4, temperature=0, compile=True), eager)
+    assert graphs_compiled() - before >= 2 and torch._dynamo.config.recompile_limit == 1

@@ -42,7 +42,9 @@ def test_greedy_samples_equal_transformers_text(tiny_hf_dir, capsys):
     from tokenizer import get_tokenizer
 
     enc = get_tokenizer()
-    code, out, _ = run_main(["--init", str(tiny_hf_dir), "-n", "1", "-m", "12", "--temperature", "0"], capsys)
+    # fp32 on the CPU, as transformers runs below: greedy text compared token for token
+    code, out, _ = run_main(["--init", str(tiny_hf_dir), "-n", "1", "-m", "12", "--temperature", "0", "--device", "cpu",
+                             "--dtype", "float32"], capsys)
     prompt = torch.tensor([enc.encode("Hello, I'm a language model,")])
     hf = GPT2LMHeadModel.from_pretrained(tiny_hf_dir)
     ids = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False,
@@ -145,3 +147,28 @@ def test_init_takes_a_run_directory_and_defaults_to_the_newest_checkpoint_of_log
     monkeypatch.chdir(run)  # no log/ here
     code, _, err = run_main(argv, capsys)
     assert code == 2 and "no checkpoint in log/" in err and "--init" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sample_decodes_from_weights_in_the_compute_dtype(tiny_checkpoint, monkeypatch, capsys, dtype):
+    """--dtype bfloat16: the weights themselves are bf16 while decoding (not fp32 cast again at every step under
+    autocast); float32 decodes from the checkpoint's weights, the same greedy tokens as generate on them."""
+    from model import GPT
+
+    seen = []
+    generate = GPT.generate
+
+    def recording(self, idx, *args, **kwargs):
+        seen.append({p.dtype for p in self.parameters()})
+        return generate(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "generate", recording)
+    name = str(dtype).split(".")[-1]
+    code, out, err = run_main(["--init", str(tiny_checkpoint), "-n", "2", "-m", "8", "--temperature", "0",
+                               "--device", "cpu", "--dtype", name, "-p", "Hello"], capsys)
+    assert code == 0, err
+    assert seen == [{dtype}]
+    if dtype == torch.float32:
+        expected = sample.sample_texts(model_from_checkpoint(load_checkpoint(tiny_checkpoint)), "Hello", 2, 8,
+                                       torch.device("cpu"), temperature=0)
+        assert out.splitlines() == [f"sample {i}: {text}" for i, text in enumerate(expected, start=1)]

@@ -206,6 +206,9 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(shards, t
         (["--dtype", "float16"], "--dtype float16 on cpu: float16 needs a GPU"),
         (["--device", "tpu"], "argument --device: unknown device 'tpu'"),
         (["--dist-timeout", "0"], "--dist-timeout must be positive"),
+        # tiny_args accumulates 2 micro-steps: CUDA graphs would overwrite the first one's outputs
+        (["--compile", "--compile-mode", "reduce-overhead"], "use --compile-mode max-autotune-no-cudagraphs"),
+        (["--compile", "--compile-mode", "max-autotune"], "--compile-mode max-autotune replays CUDA graphs"),
     ],
 )
 def test_bad_flags_give_one_line_errors(shards, tmp_path, extra, message, capsys):
@@ -214,6 +217,31 @@ def test_bad_flags_give_one_line_errors(shards, tmp_path, extra, message, capsys
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_cuda_graph_modes_are_accepted_with_one_micro_step_or_without_compilation(shards, tmp_path):
+    one_micro_step = ["--total-batch-size", "128", "--compile", "--compile-mode", "reduce-overhead"]
+    assert parse_config(tiny_args(shards, tmp_path, *one_micro_step)).compile_mode == "reduce-overhead"
+    assert parse_config(tiny_args(shards, tmp_path, "--compile-mode", "max-autotune")).compile is None  # CPU: off
+
+
+def test_validation_computes_the_loss_as_training_does(shards, tmp_path, monkeypatch):
+    """--loss-chunk-size reaches every loss of a run, validation's included (whose whole logits would otherwise take
+    more memory than training's), and the chunked val loss is the whole-logits one."""
+    chunk_sizes = []
+    forward = GPT.forward
+
+    def recording(self, idx, targets=None, loss_chunk_size=0):
+        if targets is not None:
+            chunk_sizes.append((torch.is_grad_enabled(), loss_chunk_size))
+        return forward(self, idx, targets, loss_chunk_size)
+
+    monkeypatch.setattr(GPT, "forward", recording)
+    extra = ["--max-steps", "3", "--checkpoint-interval", "0"]
+    chunked = train(parse_config(tiny_args(shards, tmp_path / "chunked", *extra, "--loss-chunk-size", "48")))
+    assert {size for _, size in chunk_sizes} == {48} and {grad for grad, _ in chunk_sizes} == {False, True}
+    whole = train(parse_config(tiny_args(shards, tmp_path / "whole", *extra)))
+    assert chunked["val_loss"] == pytest.approx(whole["val_loss"], abs=1e-5)  # fp32, another summation order
 
 
 def test_help_lists_every_model_shape_and_shows_a_presets_values_once(capsys):
