@@ -26,12 +26,15 @@ file is renamed into place once written, a directory once every rank has written
 import contextlib
 import dataclasses
 import os
+import pickle
 import random
 import re
+import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Optional, Union
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -45,6 +48,7 @@ from network import hub_unreachable
 DEFAULT_RUN_DIR = "log"  # train_gpt2.py's --run-dir default, where sample.py looks when given no --init
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d{6,})(\.pt)?$")  # a file, or a sharded checkpoint's directory
 SHARDED_STATE = "state.pt"  # in a sharded checkpoint's directory: every key but model and optimizer
+ZIP_MAGIC = b"PK\x03\x04"  # how a torch.save archive begins
 HUB_ADVICE = ("On a machine that is online run GPT2LMHeadModel.from_pretrained({name!r}).save_pretrained('DIR'), "
               "copy DIR here and pass its path")
 
@@ -107,14 +111,60 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
 
 def read_checkpoint_file(path: Path, map_location: Union[str, torch.device],
                          required: tuple[str, ...]) -> dict[str, Any]:
+    """torch.load(weights_only=True) of a checkpoint file; a file that is not one, one line saying what it is not."""
+    expected = "expected a ckpt_NNNNNN.pt that train_gpt2.py wrote, a run directory or a Hugging Face directory"
+    with open(path, "rb") as f:
+        zipped = f.read(4) == ZIP_MAGIC
+    if not zipped:  # torch.save writes a zip archive; a log, an .npy, text or a bare pickle is none
+        raise ValueError(f"{path} is not a checkpoint: not a file that torch.save wrote; {expected}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, not a torch file, disallowed pickled objects ...
-        raise ValueError(f"{path} is not a readable checkpoint: {first_line(e)[:200]}") from None
+        with warnings.catch_warnings():  # torch's pickle-protocol notes: noise beside the one line below
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # objects beyond tensors and plain values: loading them could run code
+        raise ValueError(f"{path} is not a checkpoint of this project: it holds Python objects other than tensors "
+                         f"and plain values, which are never loaded (they could run code); {expected}") from None
+    except Exception:  # an archive cut short or damaged (torch's own words are about zip internals)
+        raise ValueError(f"{path} is damaged: torch.load cannot read its archive (cut short by a copy, a full disk or "
+                         f"a crash?)") from None
     if not isinstance(state, dict) or any(key not in state for key in required):
         raise ValueError(f"{path} is not a checkpoint of this project (expected a dict with "
                          f"{' and '.join(repr(key) for key in required)})")
     return state
+
+
+def newest_that_loads(run_dir: Union[str, Path], load: Callable[[Path], Any],
+                      say: Callable[[str], None]) -> Optional[tuple[Path, Any]]:
+    """The newest checkpoint of run_dir for which load(path) succeeds, and what it returned; each newer one that does
+    not load (a disk fault, a copy cut short) is skipped, said in one line. None when there is no checkpoint; the
+    last error when none loads."""
+    error = None
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load(path)
+        except (ValueError, OSError) as e:
+            say(f"skipped {path}: {e}")
+            error = e
+    if error is not None:
+        raise ValueError(f"no checkpoint in {run_dir} loads (the oldest: {error})")
+    return None
+
+
+def set_aside_previous_run(run_dir: Union[str, Path]) -> Optional[tuple[Path, int]]:
+    """Move the checkpoints and TensorBoard event files in run_dir into one new directory beside them,
+    previous_run_<UTC time>/, so that a new run there starts clean and prunes only its own (log.txt stays: the new
+    run's header follows the old lines). Return that directory and how many checkpoints moved, or None when there
+    were none."""
+    run_dir = Path(run_dir)
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        return None
+    aside = run_dir / time.strftime("previous_run_%Y%m%dT%H%M%SZ", time.gmtime())
+    aside.mkdir()
+    for path in [*checkpoints, *run_dir.glob("events.out.tfevents.*")]:
+        os.replace(path, aside / path.name)
+    sync_directory(run_dir)
+    return aside, len(checkpoints)
 
 
 @contextlib.contextmanager
@@ -325,39 +375,53 @@ def model_from_sharded(path: Path) -> GPT:
     return model
 
 
-def resolve_init(init: str) -> str:
-    """A run directory stands for its newest checkpoint; anything else is returned as it is."""
+def is_run_directory(path: Path) -> bool:
+    """A directory that stands for its newest checkpoint: neither a checkpoint itself nor a Hugging Face model."""
+    return path.is_dir() and not (path / "config.json").is_file() and not CHECKPOINT_PATTERN.match(path.name)
+
+
+def model_at(path: Path) -> GPT:
+    """The model of one checkpoint of ours: a file, or a sharded checkpoint's directory."""
+    return model_from_sharded(path) if path.is_dir() else model_from_checkpoint(load_checkpoint(path), str(path))
+
+
+def say_on_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def load_model(init: str, device: Union[str, torch.device] = "cpu",
+               say: Callable[[str], None] = say_on_stderr) -> GPT:
+    """--init for every script: our checkpoint (a .pt file or a sharded checkpoint's directory), a run directory
+    (its newest checkpoint that loads: which one is said through `say`, and each newer one skipped), a
+    save_pretrained directory, or a GPT-2 hub name (from the Hugging Face cache when the hub cannot be reached)."""
     path = Path(init)
-    if path.is_dir() and not (path / "config.json").is_file() and not CHECKPOINT_PATTERN.match(path.name):
-        newest = newest_checkpoint(path)
-        if newest is None:
+    if is_run_directory(path):
+        found = newest_that_loads(path, model_at, say)
+        if found is None:
             raise FileNotFoundError(f"{init} holds neither checkpoints (ckpt_NNNNNN.pt or ckpt_NNNNNN/) nor a "
                                     f"Hugging Face model (config.json)")
-        return str(newest)
-    return init
-
-
-def load_model(init: str, device: Union[str, torch.device] = "cpu") -> GPT:
-    """--init for every script: our checkpoint (a .pt file or a sharded checkpoint's directory), a run directory
-    (its newest checkpoint), a save_pretrained directory, or a GPT-2 hub name (from the Hugging Face cache when the
-    hub cannot be reached)."""
-    path = Path(resolve_init(init))
-    if path.is_file():
-        model = model_from_checkpoint(load_checkpoint(path), source=str(path))
-    elif path.is_dir() and CHECKPOINT_PATTERN.match(path.name):
-        model = model_from_sharded(path)
+        chosen, model = found
+        say(f"using {chosen}")
+    elif path.is_file() or path.is_dir() and CHECKPOINT_PATTERN.match(path.name):
+        model = model_at(path)
     elif path.is_dir():
         model = GPT.from_pretrained(str(path))
     elif init in HF_MODEL_NAMES:
         model = model_from_hub(init)
     elif init.endswith(".pt") or "/" in init or "\\" in init:
-        raise FileNotFoundError(f"no such checkpoint or directory: {init}")
+        raise FileNotFoundError(f"no such checkpoint or directory: {init}{what_is_there(path.parent)}")
     else:
         raise ValueError(
             f"unknown model {init!r}: pass a checkpoint (.pt), a run directory, a Hugging Face GPT-2 directory, "
             f"or one of {', '.join(HF_MODEL_NAMES)}"
         )
     return model.to(device)
+
+
+def what_is_there(directory: Path) -> str:
+    """'; DIR holds ckpt_000050.pt, ckpt_000100.pt' when a directory holds checkpoints, for a path not found."""
+    found = list_checkpoints(directory)
+    return f"; {directory} holds {', '.join(p.name for p in found)}" if found else ""
 
 
 def model_from_hub(name: str) -> GPT:

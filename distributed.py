@@ -95,13 +95,15 @@ def join(ranks: Ranks, device_name: str, timeout_seconds: float) -> torch.device
 
 
 @contextlib.contextmanager
-def process_group(ranks: Ranks, device_name: str, timeout_seconds: float) -> Iterator[torch.device]:
+def process_group(ranks: Ranks, device_name: str, timeout_seconds: float,
+                  rerun: str = "rerun the same command") -> Iterator[torch.device]:
     """The process group for the life of a run: joined (see join), this rank's device given, left at the end; an
-    error that comes from losing a peer ends the run as one line (a ConnectionError, see lost_contact)."""
+    error that comes from losing a peer ends the run as one line (a ConnectionError, see lost_contact) that ends with
+    `rerun` ... to continue."""
     try:
         yield join(ranks, device_name, timeout_seconds)
     except RuntimeError as e:
-        message = lost_contact(e, ranks, timeout_seconds) if ranks.enabled else None
+        message = lost_contact(e, ranks, timeout_seconds, rerun) if ranks.enabled else None
         if message is None:
             raise
         raise ConnectionError(message) from None
@@ -110,7 +112,8 @@ def process_group(ranks: Ranks, device_name: str, timeout_seconds: float) -> Ite
             dist.destroy_process_group()
 
 
-def lost_contact(e: BaseException, ranks: Ranks, timeout_seconds: float) -> Optional[str]:
+def lost_contact(e: BaseException, ranks: Ranks, timeout_seconds: float,
+                 rerun: str = "rerun the same command") -> Optional[str]:
     """One line for an error that comes from losing a peer (a crash, a frozen or unreachable rank), else None."""
     text = first_line(e)
     if not (isinstance(e, dist.DistError) or re.search(r"gloo|nccl|connection|timed out|timeout", text, re.I)):
@@ -119,7 +122,7 @@ def lost_contact(e: BaseException, ranks: Ranks, timeout_seconds: float) -> Opti
     if re.search(r"timed out|timeout", text, re.I):
         cause += f"; no answer from a peer within --dist-timeout {timeout_seconds:g} s"
     return (f"rank {ranks.rank} of {ranks.world_size}: lost contact with the other ranks ({cause}); torchrun's "
-            f"summary names the rank that failed first; rerun the same command to continue from the newest checkpoint")
+            f"summary names the rank that failed first; {rerun} to continue from the newest checkpoint")
 
 
 def fsdp_available() -> bool:

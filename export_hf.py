@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
-from checkpoint import load_model
+from checkpoint import list_checkpoints, load_model
 from cli import ArgumentParser, first_line, run_cli
 from tokenizer import EOT_ID, N_VOCAB, gpt2_vocab_and_merges
 
@@ -38,8 +38,26 @@ def fit_generation_config(hf, context: int) -> None:
     generation.bos_token_id = generation.eos_token_id = generation.pad_token_id = EOT_ID
 
 
-def export_hf(init: Union[str, Path], out_dir: Union[str, Path], vocab_size: int = N_VOCAB) -> Path:
-    """Write our model (checkpoint, HF directory or hub name) as a transformers GPT2LMHeadModel directory."""
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """OUT_DIR must not be a run directory (an export there would shadow its checkpoints: --init DIR would load the
+    export), nor hold anything already, unless overwrite."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"OUT_DIR {out_dir} is a file, not a directory")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if list_checkpoints(out_dir) or (out_dir / "log.txt").is_file():
+        raise ValueError(f"OUT_DIR {out_dir} is a run directory: an export there would stand in for its checkpoints "
+                         f"(--init {out_dir} would load it); pick a directory of its own, such as {out_dir / 'hf'}")
+    if not overwrite:
+        raise ValueError(f"OUT_DIR {out_dir} is not empty; pass --overwrite to replace what it holds, or pick "
+                         f"another directory")
+
+
+def export_hf(init: Union[str, Path], out_dir: Union[str, Path], vocab_size: int = N_VOCAB,
+              overwrite: bool = False) -> Path:
+    """Write our model (checkpoint, run directory, HF directory or hub name) as a transformers GPT2LMHeadModel
+    directory: a new or empty one (or, with overwrite, one that is not a run directory)."""
+    check_out_dir(Path(out_dir), overwrite)
     model = load_model(str(init))
     try:
         hf = model.to_hf(vocab_size)
@@ -57,9 +75,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = ArgumentParser(description=first_line(__doc__))
     parser.add_argument("init", metavar="CHECKPOINT", help="our checkpoint (.pt or sharded ckpt_NNNNNN/), a run "
                                                         "directory (its newest), an HF directory or a hub name")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="the directory to write")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="the directory to write: new or empty, and not a run "
+                                                           "directory")
+    parser.add_argument("--overwrite", action="store_true", help="write into a directory that holds files already")
     args = parser.parse_args(argv)
-    out = export_hf(args.init, args.out_dir)
+    out = export_hf(args.init, args.out_dir, overwrite=args.overwrite)
     print(f"wrote {out}: load it with GPT2LMHeadModel.from_pretrained({str(out)!r})")
 
 

@@ -10,6 +10,8 @@ import contextlib
 import os
 import re
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
@@ -88,3 +90,43 @@ def no_empty_directory_on_failure(directory: Union[str, Path]) -> Iterator[Path]
             with contextlib.suppress(OSError):  # not empty, or already gone
                 path.rmdir()
         raise
+
+
+LOCK_NAME = ".lock"  # in a run directory: what the running process holds (see hold_directory)
+
+
+@contextlib.contextmanager
+def hold_directory(directory: Union[str, Path], holder: str) -> Iterator[None]:
+    """An exclusive OS-level lock (flock) on `directory`, created if missing, for the life of the context. The
+    operating system releases it on any exit, SIGKILL included, so no stale lock is ever left behind. A second
+    holder is refused with a BlockingIOError naming the first: `holder` (e.g. "a training run"), its pid, host and
+    start, which the holder writes into the lock file. A directory this made and left holding only the lock file is
+    removed again. Where flock does not exist (Windows), nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    directory = Path(directory)
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holding = os.pread(fd, 1000, 0).decode("utf-8", "replace").strip() or "another process"
+            raise BlockingIOError(f"{directory} is in use by {holding}; wait for it to end, or use another "
+                                  f"directory") from None
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(fd, f"{holder} (pid {os.getpid()} on {socket.gethostname()}, started {started})".encode(), 0)
+        yield
+    finally:
+        if missing and [p.name for p in directory.iterdir()] == [LOCK_NAME]:  # made here, and nothing came of it
+            lock.unlink(missing_ok=True)
+            for path in missing:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        os.close(fd)  # closing the descriptor releases the lock

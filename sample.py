@@ -81,13 +81,13 @@ class TextStream:
 
 
 def default_init(parser) -> str:
-    """With no --init: the newest checkpoint of the default run directory, else a usage error saying what to pass."""
-    newest = newest_checkpoint(DEFAULT_RUN_DIR)
-    if newest is None:
+    """With no --init: the default run directory (load_model takes its newest checkpoint that loads, and says which),
+    else a usage error saying what to pass."""
+    if newest_checkpoint(DEFAULT_RUN_DIR) is None:
         parser.error(f"no --init, and no checkpoint in {DEFAULT_RUN_DIR}/ (train_gpt2.py's default run directory) to "
                      f"sample from: pass --init with a checkpoint, a run directory (runs/quickstart), a Hugging Face "
                      f"GPT-2 directory, or a hub name (gpt2)")
-    return str(newest)
+    return DEFAULT_RUN_DIR
 
 
 def print_flushed(text: str) -> None:

@@ -24,14 +24,15 @@ import random  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Optional  # noqa: E402
+from typing import Any, Callable, Iterator, Optional  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from checkpoint import (DEFAULT_RUN_DIR, Progress, TrainState, checkpoint_path, config_from_checkpoint,  # noqa: E402
-                        load_checkpoint, load_model, load_training_state, newest_checkpoint,
-                        remove_unfinished_checkpoints, save_training_state)
+                        load_checkpoint, load_model, load_training_state, model_at, newest_checkpoint,
+                        newest_that_loads, remove_unfinished_checkpoints, save_training_state,
+                        set_aside_previous_run)
 from cli import (Exit, StopRequest, check_fields, flag, fraction, non_negative, option, parse_dataclass,  # noqa: E402
                  positive, run_cli)
 from dataloader import ShardLoader, list_shards  # noqa: E402
@@ -40,6 +41,7 @@ from devices import (ATTENTION_BACKENDS, COMPILE_MODES, DEVICE_FLAG, DTYPE_FLAG,
                      device_memory, eager, peak_flops_of, pick_device, pick_dtype)
 from distributed import (CHECKPOINTING, PARALLEL_MODES, Ranks, clip_grad_norm, fsdp_available,  # noqa: E402
                          gradient_sync, parallelize, process_group)
+from files import hold_directory  # noqa: E402
 from fineweb import BUNDLED_CORPUS, tokenize_bundled_corpus  # noqa: E402
 from hellaswag import judge_examples, load_for_training  # noqa: E402
 from memory import Setting, fit_report  # noqa: E402
@@ -327,9 +329,14 @@ def start_or_resume(ctx: RunContext) -> tuple[TrainState, torch.nn.Module, torch
     cfg, log = ctx.cfg, ctx.log
     if ctx.ranks.master:
         remove_unfinished_checkpoints(cfg.run_dir)  # what a kill during a save left behind
-    path = find_resume_checkpoint(cfg)
-    checkpoint = load_checkpoint(path) if path else None
+        if cfg.resume is False and (aside := set_aside_previous_run(cfg.run_dir)):
+            log.note(f"--no-resume: the previous run's {aside[1]} checkpoint(s) and TensorBoard events are set aside "
+                     f"in {aside[0]}; this run starts at step 0 and prunes only its own")
+    ctx.ranks.barrier()  # no rank looks for checkpoints while they move
+    path, checkpoint = find_resume_checkpoint(cfg, log)
     changed = resume_changes(cfg, checkpoint, path) if checkpoint else []
+    if checkpoint and checkpoint["step"] >= cfg.max_steps and checkpoint.get("evaluated", True):
+        raise already_finished(ctx, path, checkpoint)
     model = build_model(cfg, checkpoint, log).to(ctx.device)
     forward, train_model = ctx.parallelize(model)  # under FSDP2 it shards the model: before the optimizer is made
     train_loader = ctx.loader("train", model.config.vocab_size)
@@ -351,11 +358,21 @@ def start_or_resume(ctx: RunContext) -> tuple[TrainState, torch.nn.Module, torch
     return state, forward, train_model
 
 
-def find_resume_checkpoint(cfg: TrainConfig) -> Optional[Path]:
-    newest = newest_checkpoint(cfg.run_dir)
-    if cfg.resume and newest is None:
+def already_finished(ctx: RunContext, path: Path, checkpoint: dict[str, Any]) -> Exit:
+    """The one line a rerun of a finished run ends with, having written nothing (exit code 0)."""
+    val = f", final val loss {checkpoint['val_loss']:.4f}" if checkpoint.get("val_loss") is not None else ""
+    message = (f"already finished at step {checkpoint['step']} ({path}{val}); nothing to do: pass a larger "
+               f"--max-steps to train on, or sample with: python sample.py --init {ctx.cfg.run_dir}")
+    return Exit(message if ctx.ranks.master else "", 0)
+
+
+def find_resume_checkpoint(cfg: TrainConfig, log: RunLog) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
+    """The checkpoint to resume and what it holds: run_dir's newest that loads (a newer one that does not is skipped,
+    said in one line), unless --no-resume; (None, None) for a new run."""
+    found = newest_that_loads(cfg.run_dir, load_checkpoint, log.note) if cfg.resume is not False else None
+    if cfg.resume and found is None:
         raise ValueError(f"--resume: no checkpoint (ckpt_NNNNNN.pt) in {cfg.run_dir}")
-    return newest if cfg.resume is not False else None
+    return found if found is not None else (None, None)
 
 
 def build_model(cfg: TrainConfig, checkpoint: Optional[dict[str, Any]], log: RunLog) -> GPT:
@@ -365,7 +382,7 @@ def build_model(cfg: TrainConfig, checkpoint: Optional[dict[str, Any]], log: Run
         return GPT(config_from_checkpoint(checkpoint))
     if cfg.init_from:
         log.say(f"initialising from {cfg.init_from}")
-        model = load_model(cfg.init_from)
+        model = load_model(cfg.init_from, say=log.say)
         check_fits_weights(cfg, model.config)
         log.comment(f"initialised from {cfg.init_from}")
         return model
@@ -682,7 +699,7 @@ class CheckpointSchedule:
             where = "before the first step; nothing to save"
         else:
             path = checkpoint_path(self.ctx.cfg.run_dir, self.saved.step, state.sharded)
-            where = f"at step {state.step}; checkpoint {path}; rerun the same command to continue"
+            where = f"at step {state.step}; checkpoint {path}; {rerun_advice(self.ctx.cfg)} to continue"
         ending = self.ctx.stop.ending(where, shown=self.ctx.ranks.master)
         self.ctx.log.comment(str(ending))
         return ending
@@ -696,13 +713,14 @@ def evaluate_only(ctx: RunContext) -> dict[str, Any]:
     """--eval-only: the evaluations of training, once, on a model given by --init-from (a hub name, HF directory,
     checkpoint or run directory) or on --run-dir's newest checkpoint; the ranks split the work as in training."""
     cfg = ctx.cfg
-    init = cfg.init_from or str(newest_checkpoint(cfg.run_dir) or "")
-    if not init:
+    found = (cfg.init_from, None) if cfg.init_from else newest_that_loads(cfg.run_dir, model_at, ctx.log.note)
+    if not found:
         raise ValueError(f"--eval-only: nothing to evaluate; pass --init-from (a hub name, HF directory, checkpoint "
                          f"or run directory), or a --run-dir with checkpoints ({cfg.run_dir} has none)")
+    init, model = str(found[0]), found[1] or load_model(cfg.init_from, say=ctx.log.say)
     prepare_data(ctx)
     hellaswag = load_for_training(cfg.hellaswag_path, cfg.hellaswag_interval)
-    model = load_model(init, ctx.device)
+    model = model.to(ctx.device)
     check_seq_len(cfg, model.config)
     evaluator = Evaluator(ctx, model, ctx.compiled(model), hellaswag)
     scalars = evaluator.measure({"val", "hellaswag"})
@@ -718,14 +736,40 @@ def evaluate_only(ctx: RunContext) -> dict[str, Any]:
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run cfg in this process, alone or as one rank of a torchrun job. SIGINT and SIGTERM are stop requests while
-    it runs (see StopRequest)."""
+    """Run cfg in this process, alone or as one rank of a torchrun job, holding the run directory (see
+    holding_run_dir). SIGINT and SIGTERM are stop requests while it runs (see StopRequest)."""
     ranks = Ranks.from_environment()
-    with StopRequest() as stop, RunLog(Path(cfg.run_dir), ranks.master) as log, \
-            process_group(ranks, cfg.device, cfg.dist_timeout) as device:
+    with StopRequest() as stop, process_group(ranks, cfg.device, cfg.dist_timeout, rerun_advice(cfg)) as device, \
+            holding_run_dir(cfg, ranks), RunLog(Path(cfg.run_dir), ranks.master) as log:
         allow_tf32(device)
         ctx = RunContext(cfg, ranks, device, pick_dtype(device, cfg.dtype), log, stop)
         return (evaluate_only if cfg.eval_only else run)(ctx)
+
+
+@contextlib.contextmanager
+def holding_run_dir(cfg: TrainConfig, ranks: Ranks) -> Iterator[None]:
+    """A training run holds its run directory for its whole life (the master rank, an OS-level lock: released on any
+    exit, SIGKILL included), so that a second run there is refused in one line naming the process that holds it,
+    before it writes anything. Every rank learns of the refusal. --eval-only only reads: it holds nothing."""
+    if cfg.eval_only:
+        yield
+        return
+    with contextlib.ExitStack() as held:
+        refusal = None
+        if ranks.master:
+            try:
+                held.enter_context(hold_directory(cfg.run_dir, "a training run"))
+            except BlockingIOError as e:
+                refusal = ValueError(f"--run-dir {e}")
+        if ranks.any_rank(refusal is not None)[0]:
+            raise refusal or Exit("", 1)  # the master says why
+        yield
+
+
+def rerun_advice(cfg: TrainConfig) -> str:
+    """How to continue this run from its newest checkpoint: the same command, but for --no-resume, which would set
+    that checkpoint aside and start over."""
+    return "rerun the same command without --no-resume" if cfg.resume is False else "rerun the same command"
 
 
 def main(argv: Optional[list[str]] = None) -> None:

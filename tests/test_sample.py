@@ -78,7 +78,7 @@ def test_top_k_larger_than_vocab_and_corrupt_checkpoint(tiny_checkpoint, tmp_pat
     broken = tmp_path / "broken.pt"
     broken.write_bytes(tiny_checkpoint.read_bytes()[:5000])
     code, _, err = run_main(["--init", str(broken), "--device", "cpu"], capsys)
-    assert code == 1 and "not a readable checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and "broken.pt is damaged" in err and len(err.strip().splitlines()) == 1
 
 
 class Exploit:
@@ -89,7 +89,7 @@ class Exploit:
 def test_checkpoints_are_loaded_without_unpickling_objects(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "config": {}, "payload": Exploit()}, path)
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ValueError, match="holds Python objects other than tensors"):
         load_checkpoint(path)
     assert "unpickled arbitrary code" not in capsys.readouterr().out
     plain = tmp_path / "plain.pt"

@@ -262,12 +262,11 @@ def test_data_dir_without_shards_is_named(tmp_path, capsys):
     assert e.value.code == 2 and "--data-dir: no 'train' shards" in capsys.readouterr().err
 
 
-def test_quickstart_preset_and_explicit_resume(tmp_path, capsys):
+def test_quickstart_preset_and_explicit_resume(shards, tmp_path, capsys):
     cfg = parse_config(["--preset", "quickstart", "--max-steps", "30"])
     assert (cfg.model, cfg.max_steps, cfg.hellaswag_interval, cfg.seq_len) == ("mini", 30, 0, 128)
-    cfg = parse_config(["--preset", "quickstart", "--run-dir", str(tmp_path), "--resume"])
     with pytest.raises(ValueError, match="no checkpoint"):
-        train_gpt2.find_resume_checkpoint(cfg)
+        train(parse_config(tiny_args(shards, tmp_path, "--resume")))
 
 
 @pytest.mark.skipif(not HAS_CXX, reason="torch.compile on CPU needs a C++ compiler")
