@@ -31,6 +31,7 @@ from devices import (
     ATTENTION_BACKENDS,
     COMPILE_MODES,
     INFERENCE_DTYPE_HELP,
+    TRAIN_DTYPE_HELP,
     add_device_flags,
     allow_tf32,
     autocast,
@@ -52,8 +53,10 @@ from model import GPT, PADDED_VOCAB_SIZE, config_from_preset, configure_optimize
 from tokenizer import N_VOCAB, get_tokenizer
 
 ROOT = Path(__file__).resolve().parent
-# Defaults when no shape is given: the GPU goal's setting on CUDA, something a laptop CPU runs in seconds elsewhere.
+# Defaults when no shape is given: the GPU goal's setting on CUDA, something a laptop CPU runs in about a minute
+# elsewhere. Training: (model, B, T); decoding: (model, new tokens).
 TRAIN_DEFAULTS = {"cuda": ("gpt2", 64, 1024), "other": ("mini", 8, 128)}
+GENERATE_DEFAULTS = {"cuda": ("gpt2", 256), "other": ("small", 64)}
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -70,6 +73,11 @@ def median_time(fn: Callable[[], object], repeats: int, device: torch.device, wa
     for _ in range(warmup):
         fn()
     return statistics.median(timed(fn, device) for _ in range(repeats))
+
+
+def progress(text: str) -> None:
+    """A line on stderr as each measurement completes (the table, or --json, comes at the end on stdout)."""
+    print(f"  {text}", file=sys.stderr, flush=True)
 
 
 def describe_device(device: torch.device) -> str:
@@ -276,8 +284,10 @@ def bench_train(args) -> None:
         for label, build, loss_of, levers in plan:
             try:
                 contenders.append(batch.prepare(label, build, loss_of, levers))
+                progress(f"prepared {label}: first step {contenders[-1].first_seconds:.1f} s")
             except (RuntimeError, ValueError) as e:  # a kernel this GPU or build lacks: say so, measure the rest
                 print(f"skipped {label}: {first_line(e)[:160]}", file=sys.stderr)
+        progress(f"timing {len(contenders)} contender(s), {args.repeats} interleaved rounds")
         time_interleaved(contenders, args.repeats, device)
     rows = [train_row(c, T, flops_per_token, peak, args) for c in contenders]
     for row, c in zip(rows, contenders):
@@ -325,6 +335,8 @@ def decoding_costs(generate: Callable[..., object], tokens: int, device: torch.d
 
 def bench_generate(args) -> None:
     device, dtype = args.device, args.dtype
+    defaults = GENERATE_DEFAULTS["cuda" if device.type == "cuda" else "other"]
+    args.model, args.tokens = args.model or defaults[0], args.tokens or defaults[1]
     torch.manual_seed(0)
     model = load_model(args.init, device) if args.init else GPT(config_from_preset(args.model)).to(device)
     name = args.init or args.model
@@ -356,6 +368,7 @@ def bench_generate(args) -> None:
             rows.append({"bench": "generate", "impl": impl, "model": name, "batch": batch,
                          "prompt": args.prompt_len, "new_tokens": args.tokens, "tokens_per_s": speed[impl],
                          "ms_per_token": 1000 * seconds / args.tokens, **costs})
+            progress(f"batch {batch}, {impl}: {speed[impl]:,.1f} tokens/s")
         ratios[f"batch {batch}: KV cache / cache-free"] = speed["ours, KV cache"] / speed["ours, cache-free"]
         if args.compile:
             ratios[f"batch {batch}: compiled KV cache / KV cache"] = (
@@ -410,7 +423,8 @@ def bench_data(args) -> None:
 
 def parse_args(argv: Optional[list[str]] = None):
     parser = ArgumentParser(description=first_line(__doc__))
-    sub = parser.add_subparsers(dest="what", required=True)
+    sub = parser.add_subparsers(dest="what", required=True, metavar="{train,generate,data}",
+                                help="what to measure (each has its own -h)")
 
     train = sub.add_parser("train", help="training step throughput, MFU and peak memory")
     train.add_argument("--model", "--preset", dest="model", default=None,
@@ -437,11 +451,13 @@ def parse_args(argv: Optional[list[str]] = None):
                             "interleaved: tokens/s, MFU, peak memory, compile seconds, loss on a fixed batch")
 
     gen = sub.add_parser("generate", help="sampling throughput with and without the KV cache")
-    gen.add_argument("--model", "--preset", dest="model", default="gpt2", help="a model.PRESETS shape, random weights")
+    gen.add_argument("--model", "--preset", dest="model", default=None,
+                     help="a model.PRESETS shape, random weights (default: gpt2 on CUDA, small elsewhere)")
     gen.add_argument("--init", default="", help="or real weights: checkpoint, HF directory or hub name")
     gen.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8], help="batch sizes to measure")
     gen.add_argument("--prompt-len", type=positive_int, default=8, help="prompt tokens")
-    gen.add_argument("--tokens", type=positive_int, default=256, help="new tokens per sequence")
+    gen.add_argument("--tokens", type=positive_int, default=None,
+                     help="new tokens per sequence (default: 256 on CUDA, 64 elsewhere)")
     gen.add_argument("--repeats", type=positive_int, default=3, help="timed runs; the median is reported")
     gen.add_argument("--compare-hf", action="store_true", help="also time transformers' generate (greedy, cached)")
     gen.add_argument("--compile", action="store_true",
@@ -450,11 +466,11 @@ def parse_args(argv: Optional[list[str]] = None):
     data = sub.add_parser("data", help="tokenizer pipeline and data loader throughput")
     data.add_argument("--input", nargs="+", help="text files (default: the bundled corpus)")
     data.add_argument("--copies", type=positive_int, default=8, help="repeat the documents this many times")
-    data.add_argument("--workers", type=positive_int, default=2)
-    data.add_argument("--batch-size", type=positive_int, default=16)
-    data.add_argument("--seq-len", type=positive_int, default=1024)
+    data.add_argument("--workers", type=positive_int, default=2, help="fineweb.py's tokenizer processes")
+    data.add_argument("--batch-size", type=positive_int, default=16, help="B of the data loader's batches")
+    data.add_argument("--seq-len", type=positive_int, default=1024, help="T of the data loader's batches")
 
-    add_device_flags(train)
+    add_device_flags(train, TRAIN_DTYPE_HELP)
     add_device_flags(gen, INFERENCE_DTYPE_HELP)
     for p in (train, gen, data):
         p.add_argument("--json", action="store_true", help="one JSON object instead of the table")

@@ -418,6 +418,24 @@ def load_model(init: str, device: Union[str, torch.device] = "cpu",
     return model.to(device)
 
 
+def train_config_of(init: str) -> dict[str, Any]:
+    """The TrainConfig, as a dict, of the run that wrote a checkpoint of ours (or a run directory's newest); {} for
+    anything else. Memory-mapped: a large checkpoint is not read for it."""
+    path = Path(init)
+    path = newest_checkpoint(path) if is_run_directory(path) else path
+    if path is not None and path.is_dir() and CHECKPOINT_PATTERN.match(path.name):
+        path = path / SHARDED_STATE
+    if path is None or not path.is_file():
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a checkpoint of ours: its errors are load_model's to tell
+        return {}
+    return dict(state.get("train_config") or {}) if isinstance(state, dict) else {}
+
+
 def what_is_there(directory: Path) -> str:
     """'; DIR holds ckpt_000050.pt, ckpt_000100.pt' when a directory holds checkpoints, for a path not found."""
     found = list_checkpoints(directory)

@@ -119,7 +119,7 @@ def dataclass_parser(defaults: Any, presets: dict[str, dict[str, Any]], descript
         settings = dict(f.metadata["argparse"])
         value_type = next((t for t in typing.get_args(f.type) if t is not type(None)), f.type)  # Optional[X] -> X
         if value_type is bool:
-            settings["action"] = argparse.BooleanOptionalAction
+            settings.setdefault("action", argparse.BooleanOptionalAction)  # --x and --no-x, unless said otherwise
         else:
             settings.setdefault("type", value_type)
             if "choices" not in settings:
@@ -129,9 +129,11 @@ def dataclass_parser(defaults: Any, presets: dict[str, dict[str, Any]], descript
 
 
 def parse_dataclass(config_type: type[Config], presets: dict[str, dict[str, Any]], argv: Optional[list[str]],
-                    description: str, check: Callable[[Config], None]) -> Config:
+                    description: str, check: Callable[[Config], None],
+                    adjust: Optional[Callable[[Config, set[str]], None]] = None) -> Config:
     """--preset picks the defaults (the first preset when not given), then every flag given overrides its field;
-    a ValueError of `check` on the result is a usage error (exit code 2)."""
+    adjust(config, the names of the fields given), if any, may then change the others; a ValueError of `check` on
+    the result is a usage error (exit code 2)."""
     preset_parser = ArgumentParser(add_help=False)
     preset_parser.add_argument("--preset", default=next(iter(presets)), choices=presets)
     preset = preset_parser.parse_known_args(argv)[0].preset
@@ -139,11 +141,21 @@ def parse_dataclass(config_type: type[Config], presets: dict[str, dict[str, Any]
     values = vars(parser.parse_args(argv))
     values.pop("preset")
     config = config_type(**values)
+    if adjust is not None:
+        adjust(config, given_fields(parser, argv))
     try:
         check(config)
     except ValueError as e:
         parser.error(str(e))
     return config
+
+
+def given_fields(parser: argparse.ArgumentParser, argv: Optional[list[str]]) -> set[str]:
+    """The fields whose flags this command line gives (abbreviated or not), as against those left at their defaults.
+    Parses again with every default suppressed: the parser is spent afterwards."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0])) - {"preset"}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -348,7 +348,10 @@ def parse_args(argv: Optional[list[str]] = None):
                         help="tokens for the val split (default: one shard for FineWeb, ~10%% of local input)")
     parser.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 1),
                         help="tokenizer processes")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file, not a directory")
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> None:

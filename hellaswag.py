@@ -104,15 +104,21 @@ def load_examples(split: str = "val", path: Optional[str] = None, limit: Optiona
                   path_flag: str = "--data") -> list[dict]:
     """Examples from a local file, or from the cache (downloading once); malformed lines name their number."""
     file = Path(path) if path else download(split, path_flag=path_flag)
+    if file.is_dir():
+        raise ValueError(f"{path_flag} {file} is a directory; expected a HellaSwag .jsonl file (hellaswag_val.jsonl)")
     if not file.is_file():
         raise FileNotFoundError(f"HellaSwag file not found: {file}")
-    examples = []
+    examples, number = [], 0
     with open(file, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                examples.append(parse_example(line, f"{file}:{number}"))
-            if limit and len(examples) == limit:
-                break
+        try:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    examples.append(parse_example(line, f"{file}:{number}"))
+                if limit and len(examples) == limit:
+                    break
+        except UnicodeDecodeError:
+            raise ValueError(f"{file} is not a HellaSwag .jsonl file: not UTF-8 text (near line {number + 1})") \
+                from None
     if not examples:
         raise ValueError(f"{file}: no examples")
     return examples

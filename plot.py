@@ -126,6 +126,7 @@ def plot_runs(logs: dict[str, dict[str, list[tuple[int, float]]]], out: Union[st
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
     return notes

@@ -32,13 +32,13 @@ import torch  # noqa: E402
 from checkpoint import (DEFAULT_RUN_DIR, Progress, TrainState, checkpoint_path, config_from_checkpoint,  # noqa: E402
                         load_checkpoint, load_model, load_training_state, model_at, newest_checkpoint,
                         newest_that_loads, remove_unfinished_checkpoints, save_training_state,
-                        set_aside_previous_run)
+                        set_aside_previous_run, train_config_of)
 from cli import (Exit, StopRequest, check_fields, flag, fraction, non_negative, option, parse_dataclass,  # noqa: E402
                  positive, run_cli)
 from dataloader import ShardLoader, list_shards  # noqa: E402
-from devices import (ATTENTION_BACKENDS, COMPILE_MODES, DEVICE_FLAG, DTYPE_FLAG, allow_tf32,  # noqa: E402
-                     autocast, check_attention_backend, check_compile_mode, check_dtype, compile_model, compile_wanted,
-                     device_memory, eager, peak_flops_of, pick_device, pick_dtype)
+from devices import (ATTENTION_BACKENDS, COMPILE_MODES, DEVICE_FLAG, DTYPE_FLAG, TRAIN_DTYPE_HELP,  # noqa: E402
+                     allow_tf32, autocast, check_attention_backend, check_compile_mode, check_dtype, compile_model,
+                     compile_wanted, device_memory, eager, peak_flops_of, pick_device, pick_dtype)
 from distributed import (CHECKPOINTING, PARALLEL_MODES, Ranks, clip_grad_norm, fsdp_available,  # noqa: E402
                          gradient_sync, parallelize, process_group)
 from files import hold_directory  # noqa: E402
@@ -102,7 +102,7 @@ class TrainConfig:
     resume: Optional[bool] = option(None, "continue from the newest checkpoint in run_dir; default: when there is one")
     seed: int = option(1337, "seed of the model init, data shuffle and samples")
     device: str = option(**DEVICE_FLAG)
-    dtype: str = option(**DTYPE_FLAG)
+    dtype: str = option(**{**DTYPE_FLAG, "help": TRAIN_DTYPE_HELP})
     compile: Optional[bool] = option(None, "torch.compile the model; default: on CUDA only")
     loss_chunk_size: int = option(0, "compute the loss this many positions at a time, fused with the output "
                                      "projection, never materialising the (B, T, vocab) logits (less memory, room "
@@ -124,7 +124,7 @@ class TrainConfig:
                                     "WANDB_MODE=offline keeps them on disk)")
     eval_only: bool = option(False, "evaluate and exit: the val loss (on --val-tokens) and, where its data is at "
                                     "hand, HellaSwag of --init-from's model, else of --run-dir's newest checkpoint; "
-                                    "printed and appended to --run-dir's log.txt")
+                                    "printed and appended to --run-dir's log.txt", action="store_true")
     dist_timeout: float = option(300.0, "seconds a rank waits for the others in a collective before the run ends "
                                         "with an error (a dead or frozen peer)", positive)
 
@@ -136,7 +136,11 @@ class TrainConfig:
                              f"(--max-steps {self.max_steps})")
         if self.model is not None and self.model not in PRESETS:
             raise ValueError(f"--model {self.model!r}: choose from {', '.join(PRESETS)}")
-        if not self.init_from and not self.eval_only:  # the shape of weights is known once they are loaded
+        if Path(self.run_dir).exists() and not Path(self.run_dir).is_dir():
+            raise ValueError(f"--run-dir {self.run_dir} is a file, not a directory")
+        resuming = self.resume is not False and newest_checkpoint(self.run_dir) is not None
+        # the shape of weights is known once they are loaded; a resumed run's is the checkpoint's (resume_changes)
+        if not (self.init_from or self.eval_only or resuming):
             check_seq_len(self, config_for_run(self))
         device = pick_device(self.device)
         if not self.eval_only:
@@ -153,7 +157,7 @@ class TrainConfig:
             check_fsdp(device, self.dtype)
         if self.wandb_project:
             check_wandb_installed()
-        if self.data_dir != QUICKSTART_DATA:
+        if not is_quickstart_data(self.data_dir):
             check_data_dir(self.data_dir, ("val",) if self.eval_only else ("train", "val"))
 
     def model_name(self) -> str:
@@ -184,9 +188,24 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
-    """--preset picks the defaults, then every flag given overrides its field; any problem is a usage error."""
+    """--preset picks the defaults, then every flag given overrides its field (--eval-only: and the evaluated
+    run's settings those not given, see evaluated_run_settings); any problem is a usage error."""
     world_size = Ranks.from_environment().world_size
-    return parse_dataclass(TrainConfig, TRAIN_PRESETS, argv, __doc__, lambda cfg: cfg.check(world_size))
+    return parse_dataclass(TrainConfig, TRAIN_PRESETS, argv, __doc__, lambda cfg: cfg.check(world_size),
+                           evaluated_run_settings)
+
+
+# What --eval-only takes from the run that wrote the checkpoint it evaluates, where the command does not give it: that
+# run's own evaluation (a quickstart checkpoint is evaluated on the quickstart's data, windows and sequence length).
+EVALUATED_RUN_SETTINGS = ("data_dir", "seq_len", "micro_batch_size", "val_tokens")
+
+
+def evaluated_run_settings(cfg: TrainConfig, given: set[str]) -> None:
+    if cfg.eval_only:
+        saved = train_config_of(cfg.init_from or cfg.run_dir)
+        for name in EVALUATED_RUN_SETTINGS:
+            if name not in given and name in saved:
+                setattr(cfg, name, saved[name])
 
 
 def get_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
@@ -310,7 +329,7 @@ def seed_everything(seed: int) -> None:
 
 def prepare_data(ctx: RunContext) -> None:
     """The quickstart tokenizes the bundled corpus on first use; every other data directory is fineweb.py's work."""
-    if ctx.cfg.data_dir != QUICKSTART_DATA:
+    if not is_quickstart_data(ctx.cfg.data_dir):
         return
     try:
         list_shards(ctx.cfg.data_dir, "train")
@@ -418,7 +437,17 @@ def check_fsdp(device: torch.device, dtype: str) -> None:
                          f"pass --dtype bfloat16 (or float32), or use --parallel ddp")
 
 
+def is_quickstart_data(data_dir: str) -> bool:
+    """Whether --data-dir is the quickstart's directory, however it is written (./data/shakespeare, an absolute
+    path ...): the one that prepare_data makes from the bundled corpus."""
+    return Path(data_dir).resolve() == Path(QUICKSTART_DATA).resolve()
+
+
 def check_data_dir(data_dir: str, splits: tuple[str, ...]) -> None:
+    if not Path(data_dir).exists():
+        raise ValueError(f"--data-dir: data directory not found: {data_dir}; make FineWeb-Edu's shards with "
+                         f"`python fineweb.py` (README: The real run), or start with the bundled corpus: "
+                         f"`python train_gpt2.py --preset quickstart`")
     try:
         for split in splits:
             list_shards(data_dir, split)
@@ -518,8 +547,9 @@ def diverged(ctx: RunContext, step: int, loss: float, norm: float) -> FloatingPo
     """The error a non-finite loss or gradient norm ends the run with, true about the checkpoints (also logged)."""
     newest = newest_checkpoint(ctx.cfg.run_dir)
     kept = f"The newest checkpoint, {newest}, is intact" if newest else "No checkpoint had been written yet"
-    message = (f"step {step}: non-finite loss {loss} or gradient norm {norm}; stopped before the update. {kept}; "
-               f"try a lower --max-lr or more warmup")
+    what = " and ".join(f"{name} {value}" for name, value in (("loss", loss), ("gradient norm", norm))
+                        if not math.isfinite(value))
+    message = f"step {step}: non-finite {what}; stopped before the update. {kept}; try a lower --max-lr or more warmup"
     ctx.log.comment(message)
     return FloatingPointError(message)
 

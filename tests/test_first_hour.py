@@ -1,0 +1,129 @@
+"""A new user's first hour, replayed: the rough edges a fresh clone met (issue 23) each give the right line or just
+work."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bench
+import export_hf
+import hellaswag
+import plot
+import sample
+import train_gpt2
+from conftest import ROOT, log_events, run_cli_main, tiny_args
+from train_gpt2 import parse_config, train
+
+
+def test_eval_only_of_a_checkpoint_takes_its_runs_data_and_shapes(shards, tmp_path, capsys):
+    """--eval-only --init-from CKPT with no other flags evaluates as the run did (its data, windows, sequence length
+    and micro-batch), where the command's defaults (edu_fineweb10B, T=1024, B=64) took two refusals and three
+    flags; a flag given still wins."""
+    train(parse_config(tiny_args(shards, tmp_path / "run")))
+    argv = ["--eval-only", "--init-from", str(tmp_path / "run" / "ckpt_000006.pt"), "--run-dir", str(tmp_path / "ev"),
+            "--hellaswag-interval", "0", "--device", "cpu"]
+    capsys.readouterr()
+    code, out, err = run_cli_main(train_gpt2.main, argv, capsys)
+    assert code == 0, err
+    final_val = log_events(tmp_path / "run" / "log.txt", "val")[6]
+    assert f"val loss {final_val:.4f} on 256 tokens of {shards}" in out
+    code, _, err = run_cli_main(train_gpt2.main, [*argv, "--seq-len", "128", "--val-tokens", "512"], capsys)
+    assert code != 0 and "--seq-len 128 is longer than the model's context" in err
+
+
+def test_the_resume_refusal_comes_before_a_sequence_length_error(shards, tmp_path, capsys):
+    """A run of the mini shape (context 128, T=128), rerun with --model tiny (context 64): the resume refusal, which
+    names the real problem, not "--seq-len 128 is longer than the model's context"."""
+    args = tiny_args(shards, tmp_path, "--model", "mini", "--seq-len", "128", "--micro-batch-size", "2",
+                     "--total-batch-size", "256", "--max-steps", "1", "--warmup-steps", "0", "--val-tokens", "256")
+    train(parse_config(args))
+    capsys.readouterr()
+    code, _, err = run_cli_main(train_gpt2.main, [*args, "--model", "tiny", "--max-steps", "2"], capsys)
+    assert code == 1 and "cannot resume" in err and "--model tiny" in err, err
+
+
+def test_no_data_points_to_fineweb_and_the_quickstart(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--data-dir", str(tmp_path / "edu_fineweb10B")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "python fineweb.py" in err and "--preset quickstart" in err
+
+
+def test_the_quickstart_directory_is_recognised_however_written(monkeypatch, tmp_path, capsys):
+    """./data/shakespeare is the quickstart's directory, made on first use: not refused for its missing shards."""
+    monkeypatch.chdir(tmp_path)
+    for written in ("./data/shakespeare", str(tmp_path / "data" / "shakespeare")):
+        cfg = parse_config(["--preset", "quickstart", "--data-dir", written])
+        assert train_gpt2.is_quickstart_data(cfg.data_dir)
+
+
+def test_a_missing_checkpoint_lists_what_the_directory_holds(tiny_checkpoint, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (50, 100):
+        (run / f"ckpt_{step:06d}.pt").write_bytes(tiny_checkpoint.read_bytes())
+    code, _, err = run_cli_main(sample.main, ["--init", str(run / "ckpt_000150.pt"), "--device", "cpu"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    missing = run / "ckpt_000150.pt"
+    assert f"no such checkpoint or directory: {missing}; {run} holds ckpt_000050.pt, ckpt_000100.pt" in err
+
+
+def test_files_where_directories_belong_and_directories_to_make(shards, tiny_checkpoint, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        parse_config(tiny_args(shards, a_file))
+    assert e.value.code == 2 and f"--run-dir {a_file} is a file, not a directory" in capsys.readouterr().err
+    result = subprocess.run([sys.executable, "fineweb.py", "--input", str(ROOT / "assets" / "shakespeare"), "--out",
+                             str(a_file)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip() == f"fineweb.py: error: --out {a_file} is a file, not a " \
+                                                               f"directory"
+    code, _, err = run_cli_main(export_hf.main, [str(tiny_checkpoint), str(a_file)], capsys)
+    assert code == 1 and "is a file, not a directory" in err and "Errno" not in err
+    run = tmp_path / "run"
+    train(parse_config(tiny_args(shards, run)))
+    capsys.readouterr()
+    out = tmp_path / "charts" / "new" / "loss.png"  # plot.py makes the directories
+    code, _, err = run_cli_main(plot.main, [str(run), "-o", str(out)], capsys)
+    assert code == 0 and out.is_file(), err
+
+
+def test_hellaswag_data_that_is_a_directory_or_not_text(tiny_checkpoint, tmp_path, capsys):
+    binary = tmp_path / "weights.jsonl"
+    binary.write_bytes(np.arange(256, dtype=np.uint8).tobytes() * 4)
+    for data, message in ((tmp_path, "is a directory; expected a HellaSwag .jsonl file"),
+                          (binary, "is not a HellaSwag .jsonl file: not UTF-8 text (near line 1)")):
+        code, _, err = run_cli_main(hellaswag.main, ["-m", str(tiny_checkpoint), "--data", str(data), "--device",
+                                                     "cpu"], capsys)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_help_and_usage_lines(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main([])
+    assert e.value.code == 2 and "required: {train,generate,data}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["data", "-h"])
+    data_help = capsys.readouterr().out
+    assert all(f"{flag} " in data_help and "tokenizer processes" in data_help
+               for flag in ("--workers", "--batch-size", "--seq-len"))
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--no-eval-only"])
+    assert e.value.code == 2 and "unrecognized arguments: --no-eval-only" in capsys.readouterr().err
+    for main in (sample.main, hellaswag.main):
+        with pytest.raises(SystemExit):
+            main(["-h"])
+        assert "scaler" not in capsys.readouterr().out
+
+
+def test_bench_generate_on_the_cpu_is_small_by_default_and_shows_progress(capsys):
+    """The CPU defaults (the small shape, 64 new tokens; GPT-2 124M and 256 on CUDA) finish in seconds, a line on
+    stderr as each row is done."""
+    bench.main(["generate", "--device", "cpu", "--batch", "1", "--repeats", "1", "--json"])
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["rows"]
+    assert {(row["model"], row["new_tokens"]) for row in rows} == {("small", 64)}
+    assert captured.err.count("tokens/s") == len(rows) == 2
