@@ -71,6 +71,11 @@ def list_checkpoints(run_dir: Union[str, Path]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's name (ckpt_NNNNNN.pt or ckpt_NNNNNN/)."""
+    return int(CHECKPOINT_PATTERN.match(path.name).group(1))
+
+
 def newest_checkpoint(run_dir: Union[str, Path]) -> Optional[Path]:
     """The run's checkpoint of the highest step, or None."""
     found = list_checkpoints(run_dir)
@@ -150,18 +155,22 @@ def newest_that_loads(run_dir: Union[str, Path], load: Callable[[Path], Any],
     return None
 
 
-def set_aside_previous_run(run_dir: Union[str, Path]) -> Optional[tuple[Path, int]]:
-    """Move the checkpoints and TensorBoard event files in run_dir into one new directory beside them,
-    previous_run_<UTC time>/, so that a new run there starts clean and prunes only its own (log.txt stays: the new
-    run's header follows the old lines). Return that directory and how many checkpoints moved, or None when there
-    were none."""
+def set_aside_previous_run(run_dir: Union[str, Path], from_step: int = 0,
+                           keep: Optional[Path] = None) -> Optional[tuple[Path, int]]:
+    """Move the checkpoints in run_dir of step `from_step` and later (but `keep`) into one new directory beside
+    them, previous_run_<UTC time>/, so that the run there prunes only its own (and a plain rerun resumes it); from
+    step 0 (a new run), the TensorBoard event files go too (log.txt stays: the new run's header follows the old
+    lines). Return that directory and how many checkpoints moved, or None when none did."""
     run_dir = Path(run_dir)
-    checkpoints = list_checkpoints(run_dir)
+    keep = keep.resolve() if keep is not None else None
+    checkpoints = [path for path in list_checkpoints(run_dir) if checkpoint_step(path) >= from_step
+                   and path.resolve() != keep]
     if not checkpoints:
         return None
     aside = run_dir / time.strftime("previous_run_%Y%m%dT%H%M%SZ", time.gmtime())
     aside.mkdir()
-    for path in [*checkpoints, *run_dir.glob("events.out.tfevents.*")]:
+    events = list(run_dir.glob("events.out.tfevents.*")) if from_step == 0 else []
+    for path in [*checkpoints, *events]:
         os.replace(path, aside / path.name)
     sync_directory(run_dir)
     return aside, len(checkpoints)

@@ -1,17 +1,22 @@
 """Export a checkpoint of ours as a Hugging Face transformers GPT-2 directory (config, safetensors, tokenizer).
 
     python export_hf.py log/ckpt_019073.pt hf/my-gpt2
+    python export_hf.py log/ckpt_019073.pt gpt2-124M.pt --weights-only --dtype bfloat16   # 1/6 the size, ours
 
 The directory then loads with GPT2LMHeadModel.from_pretrained / AutoTokenizer.from_pretrained, and from there in
 lm-eval-harness, vLLM or a transformers pipeline. The vocabulary padded to 50,304 rows for speed is cut back to
 GPT-2's 50,257 (the extra rows are never produced by the tokenizer), and Linear weights become Conv1D again.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional, Union
 
-from checkpoint import list_checkpoints, load_model
+import torch
+
+from checkpoint import CHECKPOINT_PATTERN, list_checkpoints, load_model, save_checkpoint, train_config_of
+from devices import DTYPES
 from cli import ArgumentParser, first_line, run_cli
 from tokenizer import EOT_ID, N_VOCAB, gpt2_vocab_and_merges
 
@@ -54,13 +59,14 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def export_hf(init: Union[str, Path], out_dir: Union[str, Path], vocab_size: int = N_VOCAB,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, dtype: torch.dtype = torch.float32) -> Path:
     """Write our model (checkpoint, run directory, HF directory or hub name) as a transformers GPT2LMHeadModel
-    directory: a new or empty one (or, with overwrite, one that is not a run directory)."""
+    directory, its weights in `dtype`: a new or empty directory (or, with overwrite, one that is not a run
+    directory)."""
     check_out_dir(Path(out_dir), overwrite)
     model = load_model(str(init))
     try:
-        hf = model.to_hf(vocab_size)
+        hf = model.to_hf(vocab_size).to(dtype)
     except ValueError as e:
         raise ValueError(f"{init}: {e}") from None
     fit_generation_config(hf, model.config.block_size)
@@ -71,15 +77,45 @@ def export_hf(init: Union[str, Path], out_dir: Union[str, Path], vocab_size: int
     return out_dir
 
 
+def export_weights(init: Union[str, Path], out: Union[str, Path], dtype: torch.dtype = torch.float32,
+                   overwrite: bool = False) -> Path:
+    """Our model alone as a checkpoint of ours (model, config and, from a checkpoint of ours, the run's settings),
+    its weights in `dtype`: what sample.py, --init-from and --eval-only read, without the AdamW state that makes a
+    training checkpoint three times larger."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a directory; --weights-only writes one .pt file")
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    if out.suffix != ".pt" or CHECKPOINT_PATTERN.match(out.name):
+        raise ValueError(f"{out}: name the weights-only file NAME.pt, not ckpt_NNNNNN.pt (the name of a run's "
+                         f"resumable checkpoints)")
+    model = load_model(str(init)).to(dtype)
+    state = {"model": model.state_dict(), "config": dataclasses.asdict(model.config)}
+    if train_config := train_config_of(str(init)):
+        state["train_config"] = train_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, state)
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = ArgumentParser(description=first_line(__doc__))
     parser.add_argument("init", metavar="CHECKPOINT", help="our checkpoint (.pt or sharded ckpt_NNNNNN/), a run "
                                                         "directory (its newest), an HF directory or a hub name")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the directory to write: new or empty, and not a run "
-                                                           "directory")
+                                                           "directory (with --weights-only: a NAME.pt file)")
     parser.add_argument("--overwrite", action="store_true", help="write into a directory that holds files already")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="the weights' dtype")
+    parser.add_argument("--weights-only", action="store_true",
+                        help="instead of a Hugging Face directory, write OUT_DIR as one .pt file of ours: the model "
+                             "without the optimizer state (for sample.py, --init-from, --eval-only)")
     args = parser.parse_args(argv)
-    out = export_hf(args.init, args.out_dir, overwrite=args.overwrite)
+    if args.weights_only:
+        out = export_weights(args.init, args.out_dir, DTYPES[args.dtype], args.overwrite)
+        print(f"wrote {out} ({out.stat().st_size / 2**20:,.1f} MiB): sample with python sample.py --init {out}")
+        return
+    out = export_hf(args.init, args.out_dir, overwrite=args.overwrite, dtype=DTYPES[args.dtype])
     print(f"wrote {out}: load it with GPT2LMHeadModel.from_pretrained({str(out)!r})")
 
 

@@ -28,6 +28,7 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    dropout: float = 0.0  # of embeddings, attention weights and residual branches while training (GPT-2's was 0.1)
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -35,6 +36,12 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+    def shape(self) -> tuple[int, ...]:
+        """What the weights' shapes depend on (not dropout): for comparing two configs' weights."""
+        return self.block_size, self.vocab_size, self.n_layer, self.n_head, self.n_embd
 
     def describe(self, vocab: bool = True) -> str:
         """'n_layer 12, n_head 12, n_embd 768, block_size 1024, vocab_size 50304', for messages."""
@@ -136,6 +143,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.kv_cache: Optional[KVCache] = None  # attached by GPT.setup_caches; used only when decoding
         self.kernel = "auto"  # SDPA kernel of whole-sequence passes (GPT.set_attention)
+        self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, decoding: Optional[Decoding] = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C), causal. When decoding, the keys and values also go into the cache, and a step
@@ -149,14 +157,20 @@ class CausalSelfAttention(nn.Module):
         if decoding is not None:
             k, v = self.kv_cache.update(decoding, k, v)  # (B, nh, S, hd) x 2
         if decoding is None:
+            p = self.dropout if self.training else 0.0
             with attention_backend(self.kernel):  # inside forward: torch.compile guards on it and compiles it in
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         elif decoding.prefill:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=decoding.mask)  # one query: no causal mask
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hd) -> (B, T, C)
-        return self.c_proj(y)
+        return dropout(self.c_proj(y), self.dropout, self.training)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, and nothing at all (no kernel, no mask) where it would change nothing: p = 0 or evaluation."""
+    return F.dropout(x, p, training=True) if p and training else x
 
 
 class MLP(nn.Module):
@@ -164,9 +178,11 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2 used the tanh approximation
+        x = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2 used the tanh approximation
+        return dropout(x, self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -241,7 +257,8 @@ class GPT(nn.Module):
             positions = torch.arange(idx.size(1), device=idx.device)  # (T,)
         else:
             positions = decoding.positions  # (T,), within block_size by generate
-        x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
+        x = dropout(self.transformer.wte(idx) + self.transformer.wpe(positions), self.config.dropout,
+                    self.training)  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, decoding)
         return self.transformer.ln_f(x)  # (B, T, C)
@@ -611,9 +628,9 @@ def config_to_hf(config: GPTConfig):
         n_layer=config.n_layer,
         n_head=config.n_head,
         activation_function="gelu_new",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
         tie_word_embeddings=True,
         bos_token_id=EOT_ID,
         eos_token_id=EOT_ID,

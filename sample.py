@@ -9,6 +9,7 @@ One sample is printed as it is generated; several are printed when all are done.
 
 import codecs
 import sys
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -32,10 +33,12 @@ def sample_texts(
     seed: int = 42,
     use_cache: bool = True,
     compile: bool = False,
+    stop_at_eot: bool = False,
     write: Optional[Callable[[str], None]] = None,
 ) -> list[str]:
     """num_samples continuations of prompt (prompt included); an empty prompt starts from <|endoftext|>. With
-    `write` (one sample only), the text is also handed to it piece by piece as it is generated.
+    `write` (one sample only), the text is also handed to it piece by piece as it is generated. stop_at_eot: each
+    sample ends before the first <|endoftext|> it generates (the model's end of a document).
 
     Runs on `device` (the model's) under the caller's autocast, if any."""
     enc = get_tokenizer()
@@ -56,11 +59,17 @@ def sample_texts(
         use_cache=use_cache,
         vocab_limit=enc.n_vocab,
         compile=compile,
-        on_token=(lambda column: stream.feed(column[0].tolist())) if stream is not None else None,
+        on_token=(lambda column: stream.feed(column[0].tolist(), stop_at_eot)) if stream is not None else None,
     )
     if stream is not None:
         stream.close()
-    return [enc.decode(row) for row in out.tolist()]
+    rows = [row[: len(ids)] + until_eot(row[len(ids) :]) if stop_at_eot else row for row in out.tolist()]
+    return [enc.decode(row) for row in rows]
+
+
+def until_eot(ids: list[int]) -> list[int]:
+    """Generated ids up to, not including, the first <|endoftext|>."""
+    return ids[: ids.index(EOT_ID)] if EOT_ID in ids else ids
 
 
 class TextStream:
@@ -70,8 +79,13 @@ class TextStream:
     def __init__(self, write: Callable[[str], None]):
         self.write, self.enc = write, get_tokenizer()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.ended = False  # at an <|endoftext|>, when asked to stop there
 
-    def feed(self, ids: list[int]) -> None:
+    def feed(self, ids: list[int], stop_at_eot: bool = False) -> None:
+        if self.ended:
+            return
+        if stop_at_eot and EOT_ID in ids:
+            ids, self.ended = until_eot(ids), True
         if text := self.decoder.decode(self.enc.decode_bytes(ids)):
             self.write(text)
 
@@ -90,6 +104,14 @@ def default_init(parser) -> str:
     return DEFAULT_RUN_DIR
 
 
+def read_prompt(parser, path: str) -> str:
+    """--prompt-file's text; a file that is not there or not text is a usage error."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        parser.error(f"--prompt-file {path}: {e.strerror if isinstance(e, OSError) else 'not UTF-8 text'}")
+
+
 def print_flushed(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -101,19 +123,25 @@ def parse_args(argv: Optional[list[str]] = None):
                         help=f"checkpoint (.pt, or a sharded ckpt_NNNNNN/ directory), run directory (its newest "
                              f"checkpoint), Hugging Face GPT-2 directory, or hub name (gpt2, ...); default: the newest "
                              f"checkpoint in {DEFAULT_RUN_DIR}/")
-    parser.add_argument("-p", "--prompt", default="Hello, I'm a language model,", help="empty: <|endoftext|>")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("-p", "--prompt", default="Hello, I'm a language model,", help="empty: <|endoftext|>")
+    prompt.add_argument("--prompt-file", default=None, help="the prompt from a UTF-8 text file, as it is")
     parser.add_argument("-n", "--num-samples", type=positive_int, default=4, help="how many samples")
     parser.add_argument("-m", "--max-new-tokens", type=positive_int, default=32, help="tokens to add to each")
     parser.add_argument("--top-k", type=positive_int, default=50, help="sample among the k likeliest tokens")
     parser.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
     parser.add_argument("--seed", type=non_negative_int, default=42, help="random seed of the sampler")
     add_device_flags(parser, INFERENCE_DTYPE_HELP)
+    parser.add_argument("--stop-at-eot", action="store_true",
+                        help="end each sample at the first <|endoftext|> it generates")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the cached decoding step, once (a CUDA graph per token on a GPU); pays off "
                              "for long samples")
     args = parser.parse_args(argv)
     args.device, args.dtype = device_and_dtype(parser, args.device, args.dtype)
+    if args.prompt_file is not None:
+        args.prompt = read_prompt(parser, args.prompt_file)
     args.init = args.init or default_init(parser)
     return args
 
@@ -139,6 +167,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             seed=args.seed,
             use_cache=not args.no_cache,
             compile=args.compile,
+            stop_at_eot=args.stop_at_eot,
             write=print_flushed if streaming else None,
         )
     if streaming:

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from checkpoint import (DEFAULT_RUN_DIR, Progress, TrainState, checkpoint_path, config_from_checkpoint,  # noqa: E402
                         load_checkpoint, load_model, load_training_state, model_at, newest_checkpoint,
                         newest_that_loads, remove_unfinished_checkpoints, save_training_state,
-                        set_aside_previous_run, train_config_of)
+                        set_aside_previous_run, train_config_of, what_is_there)
 from cli import (Exit, StopRequest, check_fields, flag, fraction, non_negative, option, parse_dataclass,  # noqa: E402
                  positive, run_cli)
 from dataloader import ShardLoader, list_shards  # noqa: E402
@@ -71,6 +71,13 @@ class TrainConfig:
                                              f"{N_VOCAB:,} padded to a multiple of 128 for faster matmuls) or "
                                              f"--init-from's",
                                        positive)
+    n_layer: Optional[int] = option(None, "transformer blocks, instead of --model's", positive)
+    n_head: Optional[int] = option(None, "attention heads, instead of --model's", positive)
+    n_embd: Optional[int] = option(None, "width, instead of --model's (a multiple of the heads)", positive)
+    block_size: Optional[int] = option(None, "context (learned positions), instead of --model's", positive)
+    dropout: float = option(0.0, "dropout of embeddings, attention and residual branches while training (GPT-2 used "
+                                 "0.1; pretraining at this scale does without, fine-tuning on little data may not)",
+                            lambda p: None if 0 <= p < 1 else f"must be in [0, 1), got {p}")
     init_from: str = option("", "start from these weights: a GPT-2 hub name, HF directory or checkpoint .pt")
     data_dir: str = option("edu_fineweb10B", "directory of {prefix}_{train,val}_NNNNNN.npy shards (fineweb.py)")
     run_dir: str = option(DEFAULT_RUN_DIR, "log.txt and checkpoints")
@@ -99,7 +106,10 @@ class TrainConfig:
     checkpoint_minutes: float = option(15.0, "also a checkpoint once this many minutes have passed since the last "
                                              "one, so a crash loses at most that; 0 turns it off", non_negative)
     keep_checkpoints: int = option(2, "newest checkpoints kept; 0 keeps all", non_negative)
-    resume: Optional[bool] = option(None, "continue from the newest checkpoint in run_dir; default: when there is one")
+    resume: Optional[bool] = option(None, "continue from the newest checkpoint in run_dir; default: when there is one. "
+                                          "--no-resume starts over: the previous run's checkpoints are set aside first")
+    resume_from: str = option("", "continue from this checkpoint instead of run_dir's newest; run_dir's checkpoints "
+                                  "of its step and later are set aside first")
     seed: int = option(1337, "seed of the model init, data shuffle and samples")
     device: str = option(**DEVICE_FLAG)
     dtype: str = option(**{**DTYPE_FLAG, "help": TRAIN_DTYPE_HELP})
@@ -138,7 +148,12 @@ class TrainConfig:
             raise ValueError(f"--model {self.model!r}: choose from {', '.join(PRESETS)}")
         if Path(self.run_dir).exists() and not Path(self.run_dir).is_dir():
             raise ValueError(f"--run-dir {self.run_dir} is a file, not a directory")
-        resuming = self.resume is not False and newest_checkpoint(self.run_dir) is not None
+        if self.resume_from and self.resume is False:
+            raise ValueError("--resume-from and --no-resume: pick one")
+        if self.resume_from and not Path(self.resume_from).exists():
+            listing = what_is_there(Path(self.resume_from).parent)
+            raise ValueError(f"--resume-from {self.resume_from}: no such checkpoint{listing}")
+        resuming = self.resume_from or self.resume is not False and newest_checkpoint(self.run_dir) is not None
         # the shape of weights is known once they are loaded; a resumed run's is the checkpoint's (resume_changes)
         if not (self.init_from or self.eval_only or resuming):
             check_seq_len(self, config_for_run(self))
@@ -353,6 +368,10 @@ def start_or_resume(ctx: RunContext) -> tuple[TrainState, torch.nn.Module, torch
                      f"in {aside[0]}; this run starts at step 0 and prunes only its own")
     ctx.ranks.barrier()  # no rank looks for checkpoints while they move
     path, checkpoint = find_resume_checkpoint(cfg, log)
+    if cfg.resume_from and ctx.ranks.master and (aside := set_aside_previous_run(cfg.run_dir, checkpoint["step"],
+                                                                                  path)):
+        log.note(f"--resume-from {path}: {aside[1]} checkpoint(s) in {cfg.run_dir} of step {checkpoint['step']} and "
+                 f"later are set aside in {aside[0]}, so that the run directory holds this run alone")
     changed = resume_changes(cfg, checkpoint, path) if checkpoint else []
     if checkpoint and checkpoint["step"] >= cfg.max_steps and checkpoint.get("evaluated", True):
         raise already_finished(ctx, path, checkpoint)
@@ -388,6 +407,8 @@ def already_finished(ctx: RunContext, path: Path, checkpoint: dict[str, Any]) ->
 def find_resume_checkpoint(cfg: TrainConfig, log: RunLog) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
     """The checkpoint to resume and what it holds: run_dir's newest that loads (a newer one that does not is skipped,
     said in one line), unless --no-resume; (None, None) for a new run."""
+    if cfg.resume_from:  # the one asked for: one that does not load is an error
+        return Path(cfg.resume_from), load_checkpoint(cfg.resume_from)
     found = newest_that_loads(cfg.run_dir, load_checkpoint, log.note) if cfg.resume is not False else None
     if cfg.resume and found is None:
         raise ValueError(f"--resume: no checkpoint (ckpt_NNNNNN.pt) in {cfg.run_dir}")
@@ -404,14 +425,26 @@ def build_model(cfg: TrainConfig, checkpoint: Optional[dict[str, Any]], log: Run
         model = load_model(cfg.init_from, say=log.say)
         check_fits_weights(cfg, model.config)
         log.comment(f"initialised from {cfg.init_from}")
+        if cfg.dropout != model.config.dropout:  # the weights' shape, this run's dropout
+            weights, model = model.state_dict(), GPT(dataclasses.replace(model.config, dropout=cfg.dropout))
+            model.load_state_dict(weights)
         return model
     return GPT(config_for_run(cfg))
 
 
+# The shape flags that override a --model preset's fields.
+SHAPE_FLAGS = ("n_layer", "n_head", "n_embd", "block_size")
+
+
+def shape_given(cfg: TrainConfig) -> dict[str, int]:
+    return {name: getattr(cfg, name) for name in SHAPE_FLAGS if getattr(cfg, name) is not None}
+
+
 def config_for_run(cfg: TrainConfig) -> GPTConfig:
-    """The shape a new run trains without --init-from: --model's preset (gpt2 when not given) with --vocab-size
-    (50,304 when not given)."""
-    return config_from_preset(cfg.model or DEFAULT_MODEL, vocab_size=cfg.vocab_size or PADDED_VOCAB_SIZE)
+    """The shape a new run trains without --init-from: --model's preset (gpt2 when not given) with --n-layer,
+    --n-head, --n-embd, --block-size where given and --vocab-size (50,304 when not given); --dropout."""
+    return config_from_preset(cfg.model or DEFAULT_MODEL, vocab_size=cfg.vocab_size or PADDED_VOCAB_SIZE,
+                              dropout=cfg.dropout, **shape_given(cfg))
 
 
 def check_seq_len(cfg: TrainConfig, config: GPTConfig) -> None:
@@ -456,13 +489,16 @@ def check_data_dir(data_dir: str, splits: tuple[str, ...]) -> None:
 
 
 def shape_conflicts(cfg: TrainConfig, weights: GPTConfig, with_defaults: bool) -> list[str]:
-    """--model and --vocab-size where they ask for another shape than `weights` has: as given, or with_defaults as
-    they default to when not given."""
+    """--model, the shape flags and --vocab-size where they ask for another shape than `weights` has: as given, or
+    with_defaults as they default to when not given."""
     name = cfg.model or (DEFAULT_MODEL if with_defaults else None)
     vocab_size = cfg.vocab_size or (PADDED_VOCAB_SIZE if with_defaults else None)
-    conflicts = []
-    if name and (preset := config_from_preset(name, vocab_size=weights.vocab_size)) != weights:
-        conflicts.append(f"--model {name} ({preset.describe(vocab=False)})")
+    conflicts = [f"{flag(field)} {value}" for field, value in shape_given(cfg).items()
+                 if value != getattr(weights, field)]
+    if name and not conflicts:
+        preset = config_from_preset(name, vocab_size=weights.vocab_size, **shape_given(cfg))
+        if preset.shape() != weights.shape():
+            conflicts.append(f"--model {name} ({preset.describe(vocab=False)})")
     if vocab_size and vocab_size != weights.vocab_size:
         conflicts.append(f"--vocab-size {vocab_size}")
     return conflicts
@@ -478,8 +514,8 @@ def check_fits_weights(cfg: TrainConfig, weights: GPTConfig) -> None:
 
 # Flags that, changed on resume, would change the model or the stream of training data: refused. The model's shape
 # (--model, --vocab-size) is compared with the checkpoint's model config instead.
-RESUME_FIXED = ("init_from", "seq_len", "total_batch_size", "data_dir", "shuffle")
-RESUME_IGNORED = ("model", "vocab_size", "resume", "run_dir")
+RESUME_FIXED = ("init_from", "seq_len", "total_batch_size", "data_dir", "shuffle", "dropout")
+RESUME_IGNORED = ("model", "vocab_size", *SHAPE_FLAGS, "resume", "resume_from", "run_dir")
 
 
 def resume_changes(cfg: TrainConfig, checkpoint: dict[str, Any], path: Path) -> list[str]:
@@ -797,9 +833,11 @@ def holding_run_dir(cfg: TrainConfig, ranks: Ranks) -> Iterator[None]:
 
 
 def rerun_advice(cfg: TrainConfig) -> str:
-    """How to continue this run from its newest checkpoint: the same command, but for --no-resume, which would set
-    that checkpoint aside and start over."""
-    return "rerun the same command without --no-resume" if cfg.resume is False else "rerun the same command"
+    """How to continue this run from its newest checkpoint: the same command, but for --no-resume and --resume-from,
+    which would set that checkpoint aside and start over, or go back."""
+    if cfg.resume is False or cfg.resume_from:
+        return f"rerun the same command without {'--no-resume' if cfg.resume is False else '--resume-from'}"
+    return "rerun the same command"
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import bench
 import export_hf
@@ -14,6 +15,7 @@ import hellaswag
 import plot
 import sample
 import train_gpt2
+from checkpoint import load_checkpoint
 from conftest import ROOT, log_events, run_cli_main, tiny_args
 from train_gpt2 import parse_config, train
 
@@ -127,3 +129,106 @@ def test_bench_generate_on_the_cpu_is_small_by_default_and_shows_progress(capsys
     rows = json.loads(captured.out)["rows"]
     assert {(row["model"], row["new_tokens"]) for row in rows} == {("small", 64)}
     assert captured.err.count("tokens/s") == len(rows) == 2
+
+
+# What users of nanoGPT and transformers expect
+
+
+def test_shape_flags_and_dropout_are_recorded_and_guarded_on_resume(shards, tmp_path, capsys):
+    args = tiny_args(shards, tmp_path, "--n-layer", "1", "--n-embd", "32", "--block-size", "32", "--dropout", "0.1",
+                     "--max-steps", "3")
+    train(parse_config(args))
+    state = load_checkpoint(tmp_path / "ckpt_000003.pt")
+    assert state["config"] == dict(block_size=32, vocab_size=50304, n_layer=1, n_head=2, n_embd=32, dropout=0.1)
+    assert state["model"]["transformer.wpe.weight"].shape == (32, 32)
+    assert "transformer.h.1.ln_1.weight" not in state["model"]
+    capsys.readouterr()
+    for changed, named in ((["--n-layer", "2"], "--n-layer 2"), (["--dropout", "0.2"], "--dropout 0.1 -> 0.2")):
+        code, _, err = run_cli_main(train_gpt2.main, [*args, "--max-steps", "4", *changed], capsys)
+        assert code == 1 and "cannot resume" in err and named in err, err
+    assert len(train(parse_config([*args, "--max-steps", "4"]))["losses"]) == 1
+
+
+def test_dropout_is_active_in_training_only():
+    from model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32)
+    plain, dropping = GPT(config), GPT(GPTConfig(**{**config.__dict__, "dropout": 0.3}))
+    dropping.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 64, (2, 16))
+    assert not torch.equal(dropping(x)[0], dropping(x)[0])  # a new mask each pass
+    plain.eval(), dropping.eval()
+    assert torch.equal(dropping(x)[0], plain(x)[0])
+    hf = dropping.to_hf()
+    assert (hf.config.resid_pdrop, hf.config.embd_pdrop, hf.config.attn_pdrop) == (0.3, 0.3, 0.3)
+
+
+def test_resume_from_a_chosen_checkpoint_sets_the_later_ones_aside(shards, tmp_path, capsys):
+    """--resume-from the step-3 checkpoint of a finished 6-step run: the step-6 one is set aside, the run continues
+    from step 3 exactly as it went the first time, and its stop advice drops the flag."""
+    whole = tmp_path / "whole"
+    train(parse_config(tiny_args(shards, whole)))
+    first = load_checkpoint(whole / "ckpt_000006.pt")
+    result = train(parse_config(tiny_args(shards, whole, "--resume-from", str(whole / "ckpt_000003.pt"))))
+    assert len(result["losses"]) == 3
+    aside = list(whole.glob("previous_run_*"))
+    assert len(aside) == 1 and [p.name for p in aside[0].iterdir()] == ["ckpt_000006.pt"]
+    again = load_checkpoint(whole / "ckpt_000006.pt")
+    assert all(torch.equal(again["model"][k], first["model"][k]) for k in first["model"])
+    chosen = parse_config(tiny_args(shards, whole, "--resume-from", str(whole / "ckpt_000003.pt")))
+    assert train_gpt2.rerun_advice(chosen) == "rerun the same command without --resume-from"
+    capsys.readouterr()
+    code, _, err = run_cli_main(train_gpt2.main, tiny_args(shards, whole, "--resume-from", str(whole / "nope.pt")),
+                                capsys)
+    assert code == 2 and "no such checkpoint" in err and "ckpt_000003.pt" in err
+
+
+def test_prompt_from_a_file_and_stop_at_end_of_text(tiny_checkpoint, tmp_path, capsys):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("First Citizen:\nBefore we proceed", encoding="utf-8")
+    argv = ["--init", str(tiny_checkpoint), "-n", "2", "-m", "6", "--seed", "1", "--device", "cpu"]
+    code, from_file, err = run_cli_main(sample.main, [*argv, "--prompt-file", str(prompt)], capsys)
+    assert code == 0, err
+    assert from_file == run_cli_main(sample.main, [*argv, "-p", prompt.read_text()], capsys)[1]
+    from tokenizer import EOT_ID, get_tokenizer
+
+    enc = get_tokenizer()
+    ids = enc.encode("Hello")
+    generated = enc.encode(" world") + [EOT_ID] + enc.encode(" more")
+
+    class Scripted:  # a model that writes a chosen continuation, <|endoftext|> inside
+        def generate(self, idx, max_new_tokens, on_token=None, **settings):
+            new = torch.tensor([generated[:max_new_tokens]] * idx.size(0))
+            for i in range(new.size(1)):
+                if on_token is not None:
+                    on_token(new[:, i : i + 1])
+            return torch.cat([idx, new], dim=1)
+
+    n = len(generated)
+    assert sample.sample_texts(Scripted(), "Hello", 2, n, torch.device("cpu"), stop_at_eot=True) == ["Hello world"] * 2
+    assert sample.sample_texts(Scripted(), "Hello", 1, n, torch.device("cpu")) == [enc.decode(ids + generated)]
+    pieces = []
+    sample.sample_texts(Scripted(), "Hello", 1, n, torch.device("cpu"), stop_at_eot=True, write=pieces.append)
+    assert "".join(pieces) == "Hello world"
+
+
+def test_export_in_bf16_and_a_weights_only_checkpoint(shards, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    train(parse_config(tiny_args(shards, run, "--max-steps", "3")))
+    capsys.readouterr()
+    assert run_cli_main(export_hf.main, [str(run), str(tmp_path / "hf"), "--dtype", "bfloat16"], capsys)[0] == 0
+    assert {t.dtype for t in load_file(tmp_path / "hf" / "model.safetensors").values()} == {torch.bfloat16}
+    small = tmp_path / "tiny-weights.pt"
+    code, out, err = run_cli_main(export_hf.main, [str(run), str(small), "--weights-only"], capsys)
+    assert code == 0 and str(small) in out, err
+    full = run / "ckpt_000003.pt"
+    assert small.stat().st_size < full.stat().st_size / 2  # no AdamW moments
+    assert set(load_checkpoint(small)) == {"model", "config", "train_config"}
+    argv = ["-n", "1", "-m", "6", "--temperature", "0", "--device", "cpu"]
+    assert run_cli_main(sample.main, ["--init", str(small), *argv], capsys)[1] == \
+        run_cli_main(sample.main, ["--init", str(full), *argv], capsys)[1]
+    code, _, err = run_cli_main(export_hf.main, [str(run), str(tmp_path / "ckpt_000009.pt"), "--weights-only"], capsys)
+    assert code == 1 and "not ckpt_NNNNNN.pt" in err
