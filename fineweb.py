@@ -34,6 +34,7 @@ BUNDLED_CORPUS = Path(__file__).resolve().parent / "assets" / "shakespeare"  # t
 FINEWEB_DATASET = "HuggingFaceFW/fineweb-edu"
 FINEWEB_CONFIG = "sample-10BT"
 SHARD_SIZE = 100_000_000
+PROGRESS_DELAY = 0.5  # seconds before the tokenizing progress bar appears
 MANIFEST = "manifest.json"
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 BYTES_PER_TOKEN = 4  # GPT-2 BPE on English averages ~4 bytes per token; sizes the default local val split
@@ -274,9 +275,10 @@ def write_shards(source: Source, out_dir: Path, settings: dict, workers: int, st
     first_doc, skip = manifest["next"]["document"], manifest["next"]["offset"]
     documents = iter_documents(source, streaming, first_doc)
     doc_index = first_doc - 1
-    # closed on an error too, so the error's line starts on a line of its own
+    # shown from its first half second on (an input refused at once prints its one line alone), and closed on an
+    # error too, so the error's line starts on a line of its own
     with tqdm(desc=f"tokenizing -> {out_dir}", unit="tok", unit_scale=True, initial=written, dynamic_ncols=True,
-              total=expected_tokens(source)) as bar:
+              total=expected_tokens(source), delay=PROGRESS_DELAY) as bar:
         for doc_index, tokens in enumerate(tokenized_stream(documents, workers), start=first_doc):
             pos = skip if doc_index == first_doc else 0  # the start of a resumed document went to the last shard
             while pos < len(tokens):

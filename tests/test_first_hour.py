@@ -232,3 +232,19 @@ def test_export_in_bf16_and_a_weights_only_checkpoint(shards, tmp_path, capsys):
         run_cli_main(sample.main, ["--init", str(full), *argv], capsys)[1]
     code, _, err = run_cli_main(export_hf.main, [str(run), str(tmp_path / "ckpt_000009.pt"), "--weights-only"], capsys)
     assert code == 1 and "not ckpt_NNNNNN.pt" in err
+
+
+def test_fineweb_refuses_a_bad_input_in_one_line_without_an_empty_progress_bar(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": "hello"}\n')
+    result = subprocess.run([sys.executable, "fineweb.py", "--input", str(bad), "--out", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr == f"fineweb.py: error: {bad}:1: no string field 'text'\n"
+
+
+def test_the_divergence_line_names_what_was_not_finite(shards, tmp_path, monkeypatch):
+    """An infinite gradient norm with a finite loss: the line says the gradient norm, not the loss."""
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda parameters, max_norm: torch.tensor(float("inf")))
+    with pytest.raises(FloatingPointError) as e:
+        train(parse_config(tiny_args(shards, tmp_path)))
+    assert str(e.value).startswith("step 0: non-finite gradient norm inf; stopped before the update")
