@@ -17,7 +17,7 @@ import export_hf
 import sample
 import train_gpt2
 from checkpoint import list_checkpoints, load_checkpoint
-from conftest import ROOT, run_cli_main, tiny_args, wait_for
+from conftest import ROOT, log_events, run_cli_main, tiny_args, wait_for
 from train_gpt2 import parse_config, train
 
 
@@ -125,13 +125,14 @@ def test_a_corrupt_newest_checkpoint_is_skipped_in_one_line_and_the_one_before_i
     # an explicit path to it stays an error
     code, _, err = run_cli_main(sample.main, ["--init", str(run / "ckpt_000006.pt"), "--device", "cpu"], capsys)
     assert code == 1 and "ckpt_000006.pt is damaged" in err and len(err.strip().splitlines()) == 1
-    # --eval-only of the run directory, then the run resumed from step 3
+    # --eval-only of the run directory, then the real command resumes from step 3
     code, out, err = run_cli_main(train_gpt2.main, tiny_args(shards, run, "--eval-only"), capsys)
     assert code == 0 and skipped in out and "eval-only " + str(run / "ckpt_000003.pt") in out, err
-    result = train(parse_config(tiny_args(shards, run, "--max-steps", "7")))
-    assert len(result["losses"]) == 4  # steps 3, 4, 5, 6
-    log = (run / "log.txt").read_text()
-    assert skipped in log and f"resumed from {run / 'ckpt_000003.pt'} at step 3" in log
+    proc = start(tiny_args(shards, run, "--max-steps", "7"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and skipped in out and f"resumed from {run / 'ckpt_000003.pt'} at step 3" in out, err
+    assert sorted(log_events(run / "log.txt")) == list(range(7))  # steps 3-6 again, after the first run's 0-5
+    assert skipped in (run / "log.txt").read_text()
 
 
 class Payload:

@@ -143,7 +143,8 @@ def test_init_takes_a_run_directory_and_defaults_to_the_newest_checkpoint_of_log
     assert code == 0, err
     assert from_dir == run_main(["--init", str(run / "ckpt_000010.pt"), *argv], capsys)[1]
     monkeypatch.chdir(tmp_path)
-    assert run_main(argv, capsys)[1] == from_dir
+    code, out, err = run_main(argv, capsys)
+    assert out == from_dir and err.strip() == "using log/ckpt_000010.pt"  # which checkpoint, on stderr
     monkeypatch.chdir(run)  # no log/ here
     code, _, err = run_main(argv, capsys)
     assert code == 2 and "no checkpoint in log/" in err and "--init" in err and len(err.strip().splitlines()) == 1
