@@ -1,20 +1,25 @@
-"""HellaSwag accuracy, scored "completion style" as in build-nanogpt and llm.c, so the numbers compare with theirs.
+"""HellaSwag accuracy both ways that GPT-2's published figures were scored, side by side, so that each compares with
+its own kind.
 
     python hellaswag.py -m gpt2 --split val
     python hellaswag.py -m log/ckpt_019073.pt --limit 1000
 
-Each example's context is followed by each of its 4 endings (encoded with a leading space); the model's
-cross-entropy over the ending tokens picks the answer: `acc` by the lowest summed loss, `acc_norm` by the lowest
-mean loss per token. Published with this scoring on val: Hugging Face gpt2 acc 0.2859 / acc_norm 0.2955,
-gpt2-xl 0.3842 / 0.4893.
+Completion style (build-nanogpt's and llm.c's; the one in log.txt): the context `ctx` as it is, followed by each of
+the 4 endings with a leading space; `acc` picks the ending of the highest summed log-likelihood, `acc_norm` the
+highest per token. Harness style (EleutherAI's lm-evaluation-harness 0.4, the leaderboards'): the context is
+"activity_label: ctx_a Ctx_b" and every text loses WikiHow's bracketed artifacts; the continuation's tokens are those
+of the whole text past the context's; `acc` as above, `acc_norm` per character of the ending. For OpenAI's GPT-2
+124M on val (llm.c's dev/data/hellaswag.py records both): completion style acc 0.2859 / acc_norm 0.2955, harness
+style acc 0.2892 / acc_norm 0.3114 (gpt2-xl: acc_norm 0.4893 / 0.5089).
 """
 
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -31,6 +36,8 @@ URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_
 SPLITS = ("train", "val")
 HIDDEN_LABELS = "HellaSwag's test split hides its labels (they are empty), so it cannot be scored; use val"
 DEFAULT_CACHE = Path(__file__).resolve().parent / "hellaswag"
+# OpenAI's GPT-2 124M on val, as published (llm.c's dev/data/hellaswag.py): what each convention's figures compare with
+PUBLISHED_GPT2 = {"completion": (0.2859, 0.2955), "harness": (0.2892, 0.3114)}  # (acc, acc_norm)
 
 
 def cache_dir() -> Path:
@@ -97,7 +104,10 @@ def parse_example(line: str, where: str) -> dict[str, Any]:
         raise ValueError(f"{where}: 'ctx' must be a string")
     if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) for e in endings):
         raise ValueError(f"{where}: 'endings' must be a list of exactly 4 strings")
-    return {"ctx": example["ctx"], "endings": endings, "label": parse_label(example.get("label"), where)}
+    parsed = {"ctx": example["ctx"], "endings": endings, "label": parse_label(example.get("label"), where)}
+    if all(isinstance(example.get(field), str) for field in HARNESS_FIELDS):  # what harness style reads
+        parsed.update({field: example[field] for field in HARNESS_FIELDS})
+    return parsed
 
 
 def load_examples(split: str = "val", path: Optional[str] = None, limit: Optional[int] = None,
@@ -139,59 +149,100 @@ def load_for_training(path: str, interval: int) -> tuple[Optional[list[dict]], s
     return examples, f"{len(examples):,} val examples every {interval:,} steps"
 
 
-def render_example(example: dict, block_size: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Four token rows (context + ending) and masks marking the ending tokens; too long rows keep their end."""
+HARNESS_FIELDS = ("activity_label", "ctx_a", "ctx_b")
+
+
+class Judgement(NamedTuple):
+    """Whether each way of picking an ending picked the example's label."""
+
+    acc: bool  # completion style: the highest summed log-likelihood
+    acc_norm: bool  # completion style: per token
+    harness_acc: Optional[bool]  # harness style (None where the example lacks activity_label, ctx_a, ctx_b)
+    harness_acc_norm: Optional[bool]  # harness style: per character of the ending
+
+
+def harness_preprocess(text: str) -> str:
+    """lm-evaluation-harness's clean-up of HellaSwag text (its tasks/hellaswag/utils.py): WikiHow's bracketed
+    artifacts out, " [title]" as a sentence end."""
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+
+
+def completion_rows(example: dict) -> tuple[list[int], list[list[int]], list[float]]:
+    """Completion style: the context's tokens, each ending's (with its leading space), and each one's length in
+    tokens (acc_norm's divisor)."""
     enc = get_tokenizer()
-    ctx = enc.encode(example["ctx"])
-    rows, masks = [], []
-    for ending in example["endings"]:
-        end = enc.encode(" " + ending)  # a leading space: the ending continues the context's last word
-        rows.append((ctx + end)[-block_size:])
-        masks.append(([0] * len(ctx) + [1] * len(end))[-block_size:])
-    return rows, masks
+    endings = [enc.encode(" " + ending) for ending in example["endings"]]
+    return enc.encode(example["ctx"]), endings, [float(len(e)) for e in endings]
+
+
+def harness_rows(example: dict) -> tuple[list[int], list[list[int]], list[float]]:
+    """Harness style: the query's tokens, each continuation's (the tokens of query + " " + ending past the query's,
+    as the harness splits a pair), and each ending's length in characters (acc_norm's divisor)."""
+    enc = get_tokenizer()
+    query = harness_preprocess(f"{example['activity_label']}: {example['ctx_a']} {example['ctx_b'].capitalize()}")
+    choices = [harness_preprocess(ending) for ending in example["endings"]]
+    context = enc.encode(query)
+    continuations = [enc.encode(query + " " + choice)[len(context) :] for choice in choices]
+    return context, continuations, [float(len(choice)) for choice in choices]
 
 
 def score_examples(model: nn.Module, examples: list[dict], device: torch.device, batch_size: int = 8,
-                   progress: bool = False) -> dict[str, int]:
-    """The one scoring function: counts of examples right by acc (summed loss) and acc_norm (mean loss)."""
-    right = judge_examples(model, examples, device, batch_size, progress)
-    return {"total": len(right), "acc_correct": sum(acc for acc, _ in right),
-            "acc_norm_correct": sum(acc_norm for _, acc_norm in right)}
+                   progress: bool = False) -> dict[str, Optional[int]]:
+    """The one scoring function: counts of examples right, each way (harness style: None unless every example has
+    its fields)."""
+    judged = judge_examples(model, examples, device, batch_size, progress)
+    counts = {"total": len(judged)}
+    for name in Judgement._fields:
+        marks = [getattr(j, name) for j in judged]
+        counts[f"{name}_correct"] = None if None in marks else sum(marks)
+    return counts
 
 
 @torch.no_grad()
 def judge_examples(model: nn.Module, examples: list[dict], device: torch.device, batch_size: int = 8,
-                   progress: bool = False) -> list[tuple[bool, bool]]:
-    """For each example, whether acc and whether acc_norm pick its label; ceil(len / batch_size) forward passes."""
+                   progress: bool = False) -> list[Judgement]:
+    """Each example judged both ways; ceil(len / batch_size) forward passes of its 4 (or, with harness style, 8)
+    rows."""
     block_size = model.config.block_size if hasattr(model, "config") else 1024
-    right = []
+    judged = []
     was_training = model.training
     model.eval()
     for start in tqdm(range(0, len(examples), batch_size), disable=not progress, desc="HellaSwag", unit="batch"):
         batch = examples[start : start + batch_size]
-        rows, masks = [], []
-        for example in batch:
-            r, m = render_example(example, block_size)
-            rows += r
-            masks += m
-        width = max(len(r) for r in rows)
-        tokens = torch.zeros(len(rows), width, dtype=torch.long)  # (4 * n, W), padded on the right
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, (r, m) in enumerate(zip(rows, masks)):
-            tokens[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(m)] = torch.tensor(m)
-        tokens, mask = tokens.to(device), mask.to(device)
-        logits, _ = model(tokens)  # (4n, W, V)
-        losses = F.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), reduction="none"
-        ).view(len(rows), width - 1)  # (4n, W - 1): loss of predicting token t + 1
-        ending = mask[:, 1:].float()  # (4n, W - 1), padding and context excluded
-        summed = (losses * ending).sum(dim=1).view(-1, 4)  # (n, 4)
-        mean = summed / ending.sum(dim=1).view(-1, 4)  # (n, 4)
-        labels = torch.tensor([e["label"] for e in batch], device=device)
-        right += zip((summed.argmin(dim=1) == labels).tolist(), (mean.argmin(dim=1) == labels).tolist())
+        styles = [completion_rows] + ([harness_rows] if all(HARNESS_FIELDS[0] in e for e in batch) else [])
+        requests = [style(example) for example in batch for style in styles]
+        lls = ending_log_likelihoods(model, requests, block_size, device)  # (n * styles, 4)
+        labels = torch.tensor([e["label"] for e in batch], device=device).repeat_interleave(len(styles))
+        lengths = torch.tensor([lens for _, _, lens in requests], device=device)  # (n * styles, 4)
+        acc = (lls.argmax(dim=1) == labels).view(len(batch), len(styles)).tolist()
+        acc_norm = ((lls / lengths).argmax(dim=1) == labels).view(len(batch), len(styles)).tolist()
+        for a, n in zip(acc, acc_norm):
+            judged.append(Judgement(a[0], n[0], *((a[1], n[1]) if len(a) > 1 else (None, None))))
     model.train(was_training)
-    return right
+    return judged
+
+
+def ending_log_likelihoods(model: nn.Module, requests: list[tuple[list[int], list[list[int]], list[float]]],
+                           block_size: int, device: torch.device) -> torch.Tensor:
+    """(len(requests), 4) summed log-likelihoods, in fp32, of each request's 4 endings after its context, in one
+    forward pass. A row longer than the model's context keeps its last block_size + 1 tokens, as the harness
+    truncates: the first is input only."""
+    rows, counted = [], []
+    for context, endings, _ in requests:
+        for ending in endings:
+            rows.append((context + ending)[-(block_size + 1) :])
+            counted.append(min(len(ending), len(rows[-1]) - 1))
+    width = max(len(r) for r in rows)
+    tokens = torch.zeros(len(rows), width, dtype=torch.long)  # (R, W), padded on the right
+    ending = torch.zeros(len(rows), width - 1)  # (R, W - 1): 1 where the target is an ending token
+    for i, (row, n) in enumerate(zip(rows, counted)):
+        tokens[i, : len(row)] = torch.tensor(row)
+        ending[i, len(row) - 1 - n : len(row) - 1] = 1.0
+    tokens, ending = tokens.to(device), ending.to(device)
+    logits, _ = model(tokens[:, :-1])  # (R, W - 1, V)
+    log_probs = F.log_softmax(logits.float(), dim=-1).gather(2, tokens[:, 1:, None])[..., 0]  # (R, W - 1)
+    return (log_probs * ending).sum(dim=1).view(len(requests), -1)  # (requests, 4)
 
 
 def parse_args(argv: Optional[list[str]] = None):
@@ -221,10 +272,24 @@ def main(argv: Optional[list[str]] = None) -> None:
     model = load_model(args.model, args.device)
     with autocast(args.device, args.dtype):
         counts = score_examples(model, examples, args.device, args.batch_size, progress=True)
-    n = counts["total"]
-    print(f"{args.model} on HellaSwag {args.split} ({n} examples): "
-          f"acc {counts['acc_correct'] / n:.4f} ({counts['acc_correct']}/{n}) | "
-          f"acc_norm {counts['acc_norm_correct'] / n:.4f} ({counts['acc_norm_correct']}/{n})")
+    print(f"{args.model} on HellaSwag {args.split} ({counts['total']} examples):")
+    for line in describe_counts(counts):
+        print(line)
+
+
+def describe_counts(counts: dict[str, Optional[int]]) -> list[str]:
+    """A line per convention: its acc and acc_norm, beside OpenAI's GPT-2 124M's published figures of that kind."""
+    n, lines = counts["total"], []
+    for style, prefix, how in (("completion", "", "build-nanogpt, llm.c"), ("harness", "harness_", "lm-eval-harness")):
+        acc, acc_norm = counts[f"{prefix}acc_correct"], counts[f"{prefix}acc_norm_correct"]
+        if acc is None:
+            lines.append(f"  {style + ' style':17s} n/a: the examples lack activity_label, ctx_a and ctx_b")
+            continue
+        published = PUBLISHED_GPT2[style]
+        lines.append(f"  {style + ' style':17s} acc {acc / n:.4f} ({acc}/{n}) | acc_norm {acc_norm / n:.4f} "
+                     f"({acc_norm}/{n})   [{how}; OpenAI GPT-2 124M: acc {published[0]:.4f}, acc_norm "
+                     f"{published[1]:.4f}]")
+    return lines
 
 
 if __name__ == "__main__":

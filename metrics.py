@@ -2,10 +2,11 @@
 reads), live metrics (TensorBoard event files in the run directory, and Weights & Biases with --wandb-project),
 the run's header and summary, and the step timer (tokens/s, MFU, ETA). Only the master rank writes.
 
-log.txt holds one event per line, build-nanogpt's `{step} {kind} {value}` (train, val, hella, lr, norm); every other
-line starts with '#'. A resumed run continues the same live curves without repeating a step: TensorBoard is told to
-drop what an earlier session wrote from the resumed step on (its purge_step), and W&B continues the same run id,
-kept in the run directory, where it ignores steps it already has.
+log.txt holds one event per line, build-nanogpt's `{step} {kind} {value}` (train, val, hella, lr, norm, and
+hella_harness: HellaSwag scored as lm-evaluation-harness does); every other line starts with '#'. A resumed run
+continues the same live curves without repeating a step: TensorBoard is told to drop what an earlier session wrote
+from the resumed step on (its purge_step), and W&B continues the same run id, kept in the run directory, where it
+ignores steps it already has.
 
 Torch-free at import, so that plot.py starts fast.
 """
@@ -27,7 +28,8 @@ from cli import first_line
 
 ROOT = Path(__file__).resolve().parent
 # The event lines: each kind's value format, and the pattern that reads them back.
-EVENT_FORMATS = {"train": "{:.6f}", "val": "{:.4f}", "hella": "{:.4f}", "lr": "{:.4e}", "norm": "{:.4f}"}
+EVENT_FORMATS = {"train": "{:.6f}", "val": "{:.4f}", "hella": "{:.4f}", "hella_harness": "{:.4f}", "lr": "{:.4e}",
+                 "norm": "{:.4f}"}
 EVENT_LINE = re.compile(rf"^(\d+) ({'|'.join(EVENT_FORMATS)}) (\S+)$")
 WANDB_ID_FILE = "wandb_run_id"
 FLUSH_SECONDS = 30  # the most a killed run's TensorBoard curves can lag behind its log.txt

@@ -43,7 +43,7 @@ from distributed import (CHECKPOINTING, PARALLEL_MODES, Ranks, clip_grad_norm, f
                          gradient_sync, parallelize, process_group)
 from files import hold_directory  # noqa: E402
 from fineweb import BUNDLED_CORPUS, tokenize_bundled_corpus  # noqa: E402
-from hellaswag import judge_examples, load_for_training  # noqa: E402
+from hellaswag import HARNESS_FIELDS, judge_examples, load_for_training  # noqa: E402
 from memory import Setting, fit_report  # noqa: E402
 from metrics import RunLog, StepTimer, check_wandb_installed, run_summary, utc_now  # noqa: E402
 from model import GPT, PADDED_VOCAB_SIZE, PRESETS, GPTConfig, config_from_preset, configure_optimizers  # noqa: E402
@@ -642,8 +642,9 @@ class Evaluator:
         return scalars
 
     def measure(self, names: set[str]) -> Optional[dict[str, float]]:
-        """The val loss and HellaSwag where named: {"val/loss": ..., "hellaswag/acc_norm": ...}; None if a stop
-        request cut them short on any rank."""
+        """The val loss and HellaSwag where named: {"val/loss": ..., "hellaswag/acc_norm": ...,
+        "hellaswag/acc_norm_harness": ...} (see hellaswag_scores); None if a stop request cut them short on any
+        rank."""
         scalars = {}
         with self.ctx.autocast():
             if "val" in names:
@@ -651,9 +652,9 @@ class Evaluator:
                     return None
                 scalars["val/loss"] = val_loss
             if "hellaswag" in names and self.examples:
-                if (acc_norm := self.hellaswag_acc_norm()) is None:
+                if (hellaswag := self.hellaswag_scores()) is None:
                     return None
-                scalars["hellaswag/acc_norm"] = acc_norm
+                scalars.update(hellaswag)
         return scalars
 
     def summed_over_ranks(self, pieces: int, piece: Callable[[int], list[float]],
@@ -687,22 +688,29 @@ class Evaluator:
         self.forward.train()
         return None if sums is None else sums[0] / self.val_windows
 
-    def hellaswag_acc_norm(self) -> Optional[float]:
-        """acc_norm over all examples, split across ranks (rank r scores r, r + W, ...). Every rank judges as many
-        (its share padded with copies of the first example, not counted), so they run the same forward passes."""
+    def hellaswag_scores(self) -> Optional[dict[str, float]]:
+        """acc_norm over all examples, completion style ("hellaswag/acc_norm", build-nanogpt's) and, where the
+        examples have its fields, harness style ("hellaswag/acc_norm_harness", lm-evaluation-harness's; see
+        hellaswag.py). Split across ranks (rank r scores r, r + W, ...); every rank judges as many (its share padded
+        with copies of the first example, not counted), so they run the same forward passes."""
         mine = self.examples[self.ctx.ranks.rank :: self.ctx.ranks.world_size]
         share = -(-len(self.examples) // self.ctx.ranks.world_size)
         padded = mine + self.examples[:1] * (share - len(mine))
 
         def chunk(i: int) -> list[float]:
             start = i * HELLASWAG_CHUNK
-            right = judge_examples(self.model, padded[start : start + HELLASWAG_CHUNK], self.ctx.device)
-            counted = right[: max(0, len(mine) - start)]
-            return [sum(acc_norm for _, acc_norm in counted), len(counted)]
+            judged = judge_examples(self.model, padded[start : start + HELLASWAG_CHUNK], self.ctx.device)
+            counted = judged[: max(0, len(mine) - start)]
+            return [sum(j.acc_norm for j in counted), sum(bool(j.harness_acc_norm) for j in counted), len(counted)]
 
         with eager():
-            sums = self.summed_over_ranks(-(-share // HELLASWAG_CHUNK), chunk, 2)
-        return None if sums is None else sums[0] / sums[1]
+            sums = self.summed_over_ranks(-(-share // HELLASWAG_CHUNK), chunk, 3)
+        if sums is None:
+            return None
+        scores = {"hellaswag/acc_norm": sums[0] / sums[2]}
+        if all(HARNESS_FIELDS[0] in example for example in self.examples):
+            scores["hellaswag/acc_norm_harness"] = sums[1] / sums[2]
+        return scores
 
     def samples(self) -> list[str]:
         """The same samples on every rank (one seed): under FSDP2 all take part. The master logs them."""
@@ -714,14 +722,28 @@ class Evaluator:
     def report(self, step: int, scalars: dict[str, float], texts: list[str]) -> None:
         """The evaluations' lines on the console and in log.txt, their scalars in the live metrics."""
         log = self.ctx.log
-        for tag, kind, name in (("val/loss", "val", "val loss"), ("hellaswag/acc_norm", "hella", "HellaSwag acc_norm")):
-            if tag in scalars:
-                log.say(f"step {step:5d} | {name} {scalars[tag]:.4f}")
-                log.events(step, {kind: scalars[tag]})
+        if "val/loss" in scalars:
+            log.say(f"step {step:5d} | val loss {scalars['val/loss']:.4f}")
+            log.events(step, {"val": scalars["val/loss"]})
+        if "hellaswag/acc_norm" in scalars:
+            log.say(f"step {step:5d} | {describe_hellaswag(scalars)}")
+            log.events(step, {kind: scalars[tag] for tag, kind in HELLASWAG_EVENTS.items() if tag in scalars})
         log.scalars(step, scalars)
         for i, text in enumerate(texts, start=1):
             log.say(f"sample {i}: {text}")
             log.comment(f"step {step} sample {i}: {text}")
+
+
+# The HellaSwag scalars and their event lines in log.txt ("hella" is build-nanogpt's, completion style).
+HELLASWAG_EVENTS = {"hellaswag/acc_norm": "hella", "hellaswag/acc_norm_harness": "hella_harness"}
+
+
+def describe_hellaswag(scalars: dict[str, float]) -> str:
+    """'HellaSwag acc_norm 0.2955 (completion style) | 0.3114 (harness style)', each figure named for its kind."""
+    text = f"HellaSwag acc_norm {scalars['hellaswag/acc_norm']:.4f} (completion style)"
+    if "hellaswag/acc_norm_harness" in scalars:
+        text += f" | {scalars['hellaswag/acc_norm_harness']:.4f} (harness style)"
+    return text
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -793,7 +815,7 @@ def evaluate_only(ctx: RunContext) -> dict[str, Any]:
     if scalars is None:  # a stop request, on this rank or another
         raise ctx.stop.ending("during the evaluation; nothing recorded", shown=ctx.ranks.master)
     val_loss, acc_norm = scalars["val/loss"], scalars.get("hellaswag/acc_norm")
-    hella = f"HellaSwag acc_norm {acc_norm:.4f} on {len(evaluator.examples):,} examples" if acc_norm is not None \
+    hella = f"{describe_hellaswag(scalars)} on {len(evaluator.examples):,} examples" if acc_norm is not None \
         else f"HellaSwag {evaluator.hellaswag_status}"
     ctx.log.comment(f"eval-only at {utc_now()}, config {json.dumps(dataclasses.asdict(cfg))}")
     ctx.log.note(f"eval-only {init}: val loss {val_loss:.4f} on {evaluator.val_tokens:,} tokens of {cfg.data_dir}; "

@@ -72,6 +72,10 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path, capsys):
     acc, acc_norm = reference_counts(model_from_checkpoint(load_checkpoint(tiny_checkpoint)),
                                      load_examples(path=str(data), limit=10))
     assert "(10 examples)" in out and f"({acc}/10)" in out and f"acc_norm {acc_norm / 10:.4f} ({acc_norm}/10)" in out
+    completion, harness = [line for line in out.splitlines() if "style" in line]
+    assert completion.split()[:2] == ["completion", "style"] and harness.split()[:2] == ["harness", "style"]
+    assert "OpenAI GPT-2 124M: acc 0.2859, acc_norm 0.2955" in completion  # each beside its own kind
+    assert "OpenAI GPT-2 124M: acc 0.2892, acc_norm 0.3114" in harness
 
 
 @pytest.mark.parametrize(

@@ -227,7 +227,8 @@ def test_torchrun_stopped_by_sigterm_and_sigint_resumes_and_matches_one_process(
     assert max(abs(single[s] - ddp[s]) for s in single) <= 1e-5
     assert log_events(one / "log.txt", "val") == log_events(two / "log.txt", "val")  # world-size independent
     assert sorted(log_events(one / "log.txt", "val")) == [0, 4, 8, 12]
-    assert log_events(one / "log.txt", "hella") == log_events(two / "log.txt", "hella")
+    for kind in ("hella", "hella_harness"):  # both HellaSwag conventions
+        assert log_events(one / "log.txt", kind) == log_events(two / "log.txt", kind)
     assert event_lines(two, ("val", "hella")) == event_lines(one, ("val", "hella"))  # each once, none skipped
 
     # --eval-only under torchrun: the ranks split the windows and examples, and agree with the run's last evaluation
@@ -235,8 +236,9 @@ def test_torchrun_stopped_by_sigterm_and_sigint_resumes_and_matches_one_process(
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     val, acc = log_events(one / "log.txt", "val")[STEPS], log_events(one / "log.txt", "hella")[STEPS]
+    harness = log_events(one / "log.txt", "hella_harness")[STEPS]
     assert out.count("eval-only") == 1 and f"ckpt_{STEPS:06d}.pt: val loss {val:.4f}" in out
-    assert f"HellaSwag acc_norm {acc:.4f} on 8 examples" in out
+    assert f"HellaSwag acc_norm {acc:.4f} (completion style) | {harness:.4f} (harness style) on 8 examples" in out
 
 
 def children(pid):

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import train_gpt2
-from checkpoint import list_checkpoints, load_checkpoint
+from checkpoint import list_checkpoints, load_checkpoint, model_from_checkpoint
 from conftest import HAS_CXX, ROOT, log_events, make_hellaswag_file, run_cli_main, tiny_args
+from hellaswag import load_examples, score_examples
 from model import GPT, GPTConfig
 from train_gpt2 import get_lr, parse_config, train
 
@@ -289,9 +290,6 @@ def test_compiled_run_evaluates_samples_and_saves_plain_keys(shards, tmp_path):
     state = load_checkpoint(tmp_path / "compiled" / "ckpt_000004.pt")
     assert all(not k.startswith(("_orig_mod.", "module.")) for k in state["model"])
     # the logged HellaSwag accuracy is the standalone scorer's on the same weights
-    from checkpoint import model_from_checkpoint
-    from hellaswag import load_examples, score_examples
-
     counts = score_examples(model_from_checkpoint(state), load_examples(path=str(examples)), torch.device("cpu"))
     assert log_events(tmp_path / "compiled" / "log.txt", "hella")[4] == round(counts["acc_norm_correct"] / 12, 4)
 
@@ -346,7 +344,14 @@ def test_eval_only_of_a_run_directory_repeats_its_final_evaluations(shards, tmp_
     code, out, err = run_cli_main(train_gpt2.main, tiny_args(shards, tmp_path / "run", *hella, "--eval-only"), capsys)
     assert code == 0, err
     val, acc = log_events(tmp_path / "run" / "log.txt", "val")[6], log_events(tmp_path / "run" / "log.txt", "hella")[6]
-    assert f"ckpt_000006.pt: val loss {val:.4f} on 256 tokens" in out and f"HellaSwag acc_norm {acc:.4f} on 8" in out
+    harness = log_events(tmp_path / "run" / "log.txt", "hella_harness")[6]  # both conventions, side by side
+    assert f"ckpt_000006.pt: val loss {val:.4f} on 256 tokens" in out
+    assert f"HellaSwag acc_norm {acc:.4f} (completion style) | {harness:.4f} (harness style) on 8 examples" in out
+    examples = load_examples(path=str(tmp_path / "hs.jsonl"))
+    counts = score_examples(model_from_checkpoint(load_checkpoint(tmp_path / "run" / "ckpt_000006.pt")), examples,
+                            torch.device("cpu"))
+    expected = (counts["acc_norm_correct"] / 8, counts["harness_acc_norm_correct"] / 8)
+    assert (acc, harness) == tuple(round(value, 4) for value in expected)
     code, _, err = run_cli_main(train_gpt2.main, tiny_args(shards, tmp_path / "empty", "--eval-only"), capsys)
     assert code == 1 and "nothing to evaluate" in err and not (tmp_path / "empty").exists()
 
