@@ -8,7 +8,8 @@ A checkpoint holds tensors and plain Python values only, so torch.load(..., weig
   scaler        the gradient scaler's state_dict (fp16 runs only)
   train_config  the run's TrainConfig, as a dict
   step          optimizer steps done; the run continues with step `step`
-  loader        where the train loader's next batch starts (epoch, shard, position)
+  loader        where the train loader's next batch starts (epoch, shard or with --shuffle-documents document,
+                position)
   rng           Python, numpy, torch and CUDA generator states
   val_loss      the newest validation loss (None before the first)
   evaluated     whether the evaluations due at `step` are done (False when a stop cut them short)

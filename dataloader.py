@@ -1,9 +1,13 @@
 """(x, y) batches from pretokenized uint16 shards, memory-mapped, split across ranks, resumable.
 
-The shards of one split are read as one continuous token stream, in shard order (or a seeded per-epoch
-permutation of it). Each step takes a round of `world_size` consecutive windows of B*T tokens (+1 for the
-shifted targets); rank r takes the r-th. Windows run across shard boundaries and on into the next epoch, so no
-usable tail of any shard is skipped and every rank switches shards at the same point.
+The shards of one split are read as one continuous token stream, epoch after epoch. An epoch is a sequence of
+units that together hold every token of the split once: the shards in order; or the shards in a seeded per-epoch
+permutation (shuffle); or the documents, split where each begins at <|endoftext|>, in a seeded per-epoch
+permutation across all shards (shuffle_documents: a different order every epoch, as build-nanogpt's PR #52 found
+the repeated order of the same shards leaves a periodic pattern in the loss). Each step takes a round of
+`world_size` consecutive windows of B*T tokens (+1 for the shifted targets); rank r takes the r-th. Windows run
+across unit boundaries and on into the next epoch, so nothing usable is skipped, and where the stream stands
+(epoch, unit, position) is the same on every rank: a run resumes at any world size.
 """
 
 import re
@@ -13,7 +17,7 @@ from typing import Union
 import numpy as np
 import torch
 
-from tokenizer import N_VOCAB
+from tokenizer import EOT_ID, N_VOCAB
 
 SHARD_PATTERN = re.compile(r"^(?P<prefix>.+)_(?P<split>[a-z]+)_(?P<index>\d{6,})\.npy$")
 
@@ -58,6 +62,7 @@ class ShardLoader:
         world_size: int = 1,
         device: Union[str, torch.device] = "cpu",
         shuffle: bool = False,
+        shuffle_documents: bool = False,
         seed: int = 1337,
         vocab_size: int = N_VOCAB,
     ):
@@ -65,28 +70,65 @@ class ShardLoader:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.split, self.B, self.T, self.rank, self.world_size = split, B, T, rank, world_size
         self.device = torch.device(device)
-        self.shuffle, self.seed, self.vocab_size = shuffle, seed, vocab_size
+        self.shuffle, self.shuffle_documents, self.seed, self.vocab_size = shuffle, shuffle_documents, seed, vocab_size
         self.paths = list_shards(data_dir, split)
         self.shards = [load_shard(p) for p in self.paths]
         self._checked: set[int] = set()
-        self.num_tokens = sum(len(s) for s in self.shards)  # in the split
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])  # where each shard starts in the stream
+        self.num_tokens = int(self.offsets[-1])  # in the split
         window = B * T * world_size + 1
         if self.num_tokens < window:
             raise ValueError(
                 f"the '{split}' split of {data_dir} has {self.num_tokens:,} tokens, shorter than one window of "
                 f"B*T*world_size+1 = {window:,}; use a smaller batch or more data"
             )
+        self.doc_starts = self._document_starts() if shuffle_documents else None
+        self._orders: dict[int, np.ndarray] = {}  # the unit order of the epochs at hand
         self.reset()
 
-    def reset(self) -> None:
-        """Back to the first token of epoch 0."""
-        self.epoch, self.shard, self.position = 0, 0, 0
-        self._check_tokens(self._order(0)[0])
+    def _document_starts(self) -> np.ndarray:
+        """Where each document begins in the stream: at each <|endoftext|> (and at 0), then the stream's end."""
+        starts = [np.flatnonzero(np.asarray(shard) == EOT_ID) + offset
+                  for shard, offset in zip(self.shards, self.offsets)]
+        return np.unique(np.concatenate([[0], *starts, [self.num_tokens]]).astype(np.int64))
 
-    def _order(self, epoch: int) -> list[int]:
-        if not self.shuffle:
-            return list(range(len(self.shards)))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.shards)).tolist()
+    @property
+    def num_units(self) -> int:
+        return len(self.doc_starts) - 1 if self.shuffle_documents else len(self.shards)
+
+    def reset(self) -> None:
+        """Back to the first token of epoch 0 (its shard's tokens checked now: a bad shard fails at once)."""
+        self.epoch, self.unit, self.position = 0, 0, 0
+        self._read(self._span(0, 0)[0], self._span(0, 0)[0] + 1)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """The units of an epoch, in order: shards, or a seeded permutation of the shards or the documents."""
+        if epoch not in self._orders:
+            if not (self.shuffle or self.shuffle_documents):
+                order = np.arange(self.num_units)
+            else:  # documents: another stream of the generator than the shards', so the two orders never coincide
+                streams = [self.seed, epoch] + ([1] if self.shuffle_documents else [])
+                order = np.random.default_rng(streams).permutation(self.num_units)
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}  # the epoch before, at most
+            self._orders[epoch] = order
+        return self._orders[epoch]
+
+    def _span(self, epoch: int, unit: int) -> tuple[int, int]:
+        """Where the unit-th unit of an epoch lies in the stream: [start, end)."""
+        index = int(self._order(epoch)[unit])
+        bounds = self.doc_starts if self.shuffle_documents else self.offsets
+        return int(bounds[index]), int(bounds[index + 1])
+
+    def _read(self, start: int, end: int) -> np.ndarray:
+        """Tokens [start, end) of the stream, across shard boundaries, each shard checked on first use."""
+        pieces = []
+        while start < end:
+            i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+            self._check_tokens(i)
+            stop = min(end, int(self.offsets[i + 1]))
+            pieces.append(self.shards[i][start - self.offsets[i] : stop - self.offsets[i]])
+            start = stop
+        return np.concatenate(pieces)
 
     def _check_tokens(self, i: int) -> None:
         """Every id < vocab_size; one vectorised pass the first time a shard is used."""
@@ -97,32 +139,30 @@ class ShardLoader:
             self._checked.add(i)
 
     def _walk(
-        self, epoch: int, shard: int, position: int, n: int, read: bool = True
+        self, epoch: int, unit: int, position: int, n: int, read: bool = True
     ) -> tuple[np.ndarray, tuple[int, int, int]]:
-        """Read (or with read=False only skip) n tokens of the stream from (epoch, shard, position); also return
+        """Read (or with read=False only skip) n tokens of the stream from (epoch, unit, position); also return
         the location just after them."""
         pieces = []
         while True:
-            index = self._order(epoch)[shard]
-            tokens = self.shards[index]
-            take = min(n, len(tokens) - position)
+            start, end = self._span(epoch, unit)
+            take = min(n, end - start - position)
             if read:
-                self._check_tokens(index)
-                pieces.append(tokens[position : position + take])
+                pieces.append(self._read(start + position, start + position + take))
             n -= take
             position += take
-            if position == len(tokens):
-                epoch, shard, position = (epoch + 1, 0, 0) if shard + 1 == len(self.shards) else (epoch, shard + 1, 0)
+            if position == end - start:
+                epoch, unit, position = (epoch + 1, 0, 0) if unit + 1 == self.num_units else (epoch, unit + 1, 0)
             if n == 0:
-                return (np.concatenate(pieces) if read else None), (epoch, shard, position)
+                return (np.concatenate(pieces) if read else None), (epoch, unit, position)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's inputs and next-token targets, each (B, T) int64 on the loader's device."""
         BT = self.B * self.T
-        start = (self.epoch, self.shard, self.position)
+        start = (self.epoch, self.unit, self.position)
         _, mine = self._walk(*start, self.rank * BT, read=False)
         window, _ = self._walk(*mine, BT + 1)
-        _, (self.epoch, self.shard, self.position) = self._walk(*start, BT * self.world_size, read=False)
+        _, (self.epoch, self.unit, self.position) = self._walk(*start, BT * self.world_size, read=False)
         buf = torch.from_numpy(window.astype(np.int64))  # (B*T + 1,)
         x = buf[:-1].view(self.B, self.T)  # (B, T)
         y = buf[1:].view(self.B, self.T)  # (B, T)
@@ -131,11 +171,16 @@ class ShardLoader:
         return x.to(self.device), y.to(self.device)
 
     def state_dict(self) -> dict[str, int]:
-        """Where the next round starts; the same on every rank, so a run may resume on another world size."""
-        return {"epoch": self.epoch, "shard": self.shard, "position": self.position}
+        """Where the next round starts; the same on every rank, so a run may resume on another world size. The
+        unit is a shard, or with shuffle_documents a document ("document" instead of "shard")."""
+        return {"epoch": self.epoch, "document" if self.shuffle_documents else "shard": self.unit,
+                "position": self.position}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, shard, position = int(state["epoch"]), int(state["shard"]), int(state["position"])
-        if not 0 <= shard < len(self.shards) or not 0 <= position < len(self.shards[self._order(epoch)[shard]]):
+        key = "document" if self.shuffle_documents else "shard"
+        if key not in state:
+            raise ValueError(f"data loader state {state} is not one of a loader over {key}s: another data order")
+        epoch, unit, position = int(state["epoch"]), int(state[key]), int(state["position"])
+        if not 0 <= unit < self.num_units or not 0 <= position < np.subtract(*self._span(epoch, unit)[::-1]):
             raise ValueError(f"data loader state {state} does not fit the shards in {self.paths[0].parent}")
-        self.epoch, self.shard, self.position = epoch, shard, position
+        self.epoch, self.unit, self.position = epoch, unit, position

@@ -91,6 +91,9 @@ class TrainConfig:
     weight_decay: float = option(0.1, "AdamW weight decay of matrices and embeddings", non_negative)
     grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 turns clipping off", non_negative)
     shuffle: bool = option(False, "seeded per-epoch permutation of the train shards")
+    shuffle_documents: bool = option(False, "seeded per-epoch permutation of the train split's documents across all "
+                                            "shards (each begins at <|endoftext|>): every token once per epoch, in "
+                                            "another order each epoch")
     eval_interval: int = option(250, "steps between validation losses; 0: only at the end", non_negative)
     val_tokens: int = option(20 * 64 * 1024 * 8, "tokens per validation, whatever the number of ranks (gpt2: "
                                                  "build-nanogpt's 20 micro-batches of 64 x 1024 on each of 8 GPUs)",
@@ -148,6 +151,8 @@ class TrainConfig:
             raise ValueError(f"--model {self.model!r}: choose from {', '.join(PRESETS)}")
         if Path(self.run_dir).exists() and not Path(self.run_dir).is_dir():
             raise ValueError(f"--run-dir {self.run_dir} is a file, not a directory")
+        if self.shuffle and self.shuffle_documents:
+            raise ValueError("--shuffle and --shuffle-documents: pick one (documents are shuffled across shards)")
         if self.resume_from and self.resume is False:
             raise ValueError("--resume-from and --no-resume: pick one")
         if self.resume_from and not Path(self.resume_from).exists():
@@ -281,11 +286,14 @@ class RunContext:
                        cfg.loss_chunk_size)
 
     def loader(self, split: str, vocab_size: int) -> ShardLoader:
-        """This rank's batches of a split of --data-dir; the train split shuffled with --shuffle."""
+        """This rank's batches of a split of --data-dir; the train split shuffled with --shuffle or
+        --shuffle-documents."""
         cfg = self.cfg
         return ShardLoader(cfg.data_dir, split, cfg.micro_batch_size, cfg.seq_len, rank=self.ranks.rank,
                            world_size=self.ranks.world_size, device=self.device,
-                           shuffle=cfg.shuffle and split == "train", seed=cfg.seed, vocab_size=vocab_size)
+                           shuffle=cfg.shuffle and split == "train",
+                           shuffle_documents=cfg.shuffle_documents and split == "train", seed=cfg.seed,
+                           vocab_size=vocab_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -514,7 +522,7 @@ def check_fits_weights(cfg: TrainConfig, weights: GPTConfig) -> None:
 
 # Flags that, changed on resume, would change the model or the stream of training data: refused. The model's shape
 # (--model, --vocab-size) is compared with the checkpoint's model config instead.
-RESUME_FIXED = ("init_from", "seq_len", "total_batch_size", "data_dir", "shuffle", "dropout")
+RESUME_FIXED = ("init_from", "seq_len", "total_batch_size", "data_dir", "shuffle", "shuffle_documents", "dropout")
 RESUME_IGNORED = ("model", "vocab_size", *SHAPE_FLAGS, "resume", "resume_from", "run_dir")
 
 
@@ -527,7 +535,8 @@ def resume_changes(cfg: TrainConfig, checkpoint: dict[str, Any], path: Path) -> 
                          f"{mode} run ({form}); rerun with --parallel {mode}, or pass another --run-dir to start a "
                          f"new run")
     saved = checkpoint.get("train_config") or {}
-    fixed = RESUME_FIXED + (("seed",) if saved.get("shuffle") else ())  # the seed orders a shuffled stream
+    shuffled = saved.get("shuffle") or saved.get("shuffle_documents")
+    fixed = RESUME_FIXED + (("seed",) if shuffled else ())  # the seed orders a shuffled stream
     ours = dataclasses.asdict(cfg)
     saved_shape = config_from_checkpoint(checkpoint, str(path))
     refused = shape_conflicts(cfg, saved_shape, with_defaults=not cfg.init_from)

@@ -119,3 +119,72 @@ def test_bad_token_in_a_later_shard_is_caught_when_reached(tmp_path):
     loader.next_batch()
     with pytest.raises(ValueError, match="a_train_000001.npy: token id 50300"):
         loader.next_batch()
+
+
+def write_documents(tmp_path, shard_lengths, seed=0):
+    """Shards of documents, each <|endoftext|> then tokens naming its number (100 + 7 * doc + j, all < EOT), of
+    random lengths; a document runs on across shard boundaries as fineweb.py's do. Returns the documents in order,
+    each a tuple of tokens."""
+    from tokenizer import EOT_ID
+
+    rng = np.random.default_rng(seed)
+    stream, documents = [], []
+    while len(stream) < sum(shard_lengths):
+        doc = (EOT_ID, *(100 + 7 * len(documents) + j for j in range(int(rng.integers(2, 40)))))
+        documents.append(doc)
+        stream.extend(doc)
+    stream = np.array(stream[: sum(shard_lengths)], dtype=np.uint16)
+    documents[-1] = documents[-1][: len(stream) - sum(len(d) for d in documents[:-1])]  # the cut last one
+    for k, (start, end) in enumerate(zip(np.cumsum([0] + shard_lengths[:-1]), np.cumsum(shard_lengths))):
+        np.save(tmp_path / f"d_train_{k:06d}.npy", stream[start:end])
+    return documents
+
+
+def epoch_stream(loaders, num_tokens, B, T):
+    """One epoch of the stream as the ranks read it: each round's windows in rank order."""
+    rounds = num_tokens // (B * T * len(loaders))
+    return collect_round_robin(loaders, rounds)[0]
+
+
+def split_documents(stream):
+    from tokenizer import EOT_ID
+
+    starts = list(np.flatnonzero(stream == EOT_ID)) + [len(stream)]
+    return [tuple(int(t) for t in stream[a:b]) for a, b in zip(starts, starts[1:])]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_document_shuffle_reads_every_document_once_per_epoch_in_a_new_order(tmp_path, world_size):
+    """Shards of 240, 360 and 120 tokens, documents running across their boundaries (720 tokens = one epoch = 15
+    rounds of 48 at every world size here): each epoch reads every document once, whole and contiguous, in a seeded
+    order that is not the shards' and differs between epochs; the same stream at every world size."""
+    documents = write_documents(tmp_path, [240, 360, 120])
+    B, T = 2, 24 // world_size  # B * T * world_size = 48
+    loaders = [ShardLoader(tmp_path, "train", B, T, rank=r, world_size=world_size, shuffle_documents=True, seed=3)
+               for r in range(world_size)]
+    first, second = epoch_stream(loaders, 720, B, T), epoch_stream(loaders, 720, B, T)
+    for epoch in (first, second):
+        assert sorted(split_documents(epoch)) == sorted(documents)  # each once, whole: a permutation of them
+    assert split_documents(first) != documents and split_documents(first) != split_documents(second)
+    one = ShardLoader(tmp_path, "train", 2, 12, shuffle_documents=True, seed=3)
+    assert np.array_equal(epoch_stream([one], 720, 2, 12), first)  # the same stream at any world size
+    other_seed = ShardLoader(tmp_path, "train", 2, 12, shuffle_documents=True, seed=4)
+    assert not np.array_equal(epoch_stream([other_seed], 720, 2, 12), first)
+
+
+def test_document_shuffle_resumes_bitwise_mid_epoch_at_another_world_size(tmp_path):
+    write_documents(tmp_path, [240, 360, 120])
+    whole = ShardLoader(tmp_path, "train", 2, 8, shuffle_documents=True, seed=3)
+    stream = epoch_stream([whole], 720 * 2, 2, 8)  # two epochs
+    first = ShardLoader(tmp_path, "train", 2, 8, shuffle_documents=True, seed=3)
+    head = collect_round_robin([first], 29)[0]  # past the first epoch's middle: 464 tokens
+    state = first.state_dict()
+    assert set(state) == {"epoch", "document", "position"} and state["position"] > 0  # mid-document
+    two = [ShardLoader(tmp_path, "train", 2, 4, rank=r, world_size=2, shuffle_documents=True, seed=3)
+           for r in range(2)]
+    for loader in two:
+        loader.load_state_dict(state)
+    tail = collect_round_robin(two, 90 - 29)[0]
+    assert np.array_equal(np.concatenate([head, tail]), stream)
+    with pytest.raises(ValueError, match="another data order"):
+        ShardLoader(tmp_path, "train", 2, 8, shuffle=True).load_state_dict(state)

@@ -387,3 +387,25 @@ def test_ctrl_c_during_eval_only_records_nothing(shards, tmp_path, monkeypatch, 
     code, out, err = run_cli_main(train_gpt2.main, tiny_args(shards, tmp_path, "--eval-only"), capsys)
     assert code == 130 and "stopped by SIGINT during the evaluation; nothing recorded" in err
     assert "eval-only" not in out and (tmp_path / "log.txt").read_text() == before
+
+
+def test_document_shuffle_trains_resumes_bitwise_and_is_guarded(shards, tmp_path, capsys):
+    """--shuffle-documents end to end: a run stopped after its step-3 checkpoint and resumed ends bitwise where the
+    unbroken one does, on another stream than the unshuffled run's; the flag cannot change on resume, nor be
+    combined with --shuffle."""
+    extra = ["--shuffle-documents", "--seed", "7"]
+    whole = train(parse_config(tiny_args(shards, tmp_path / "whole", *extra)))
+    plain = train(parse_config(tiny_args(shards, tmp_path / "plain")))
+    assert whole["losses"][0] != plain["losses"][0]  # another first batch
+    train(parse_config(tiny_args(shards, tmp_path / "split", *extra, "--max-steps", "3")))
+    resumed = train(parse_config(tiny_args(shards, tmp_path / "split", *extra)))
+    assert resumed["losses"] == whole["losses"][3:]
+    a, b = (load_checkpoint(tmp_path / run / "ckpt_000006.pt") for run in ("whole", "split"))
+    assert a["loader"] == b["loader"] and set(a["loader"]) == {"epoch", "document", "position"}
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    capsys.readouterr()
+    code, _, err = run_cli_main(train_gpt2.main, tiny_args(shards, tmp_path / "whole", "--max-steps", "8"), capsys)
+    assert code == 1 and "--shuffle-documents True -> False" in err
+    with pytest.raises(SystemExit):
+        parse_config(tiny_args(shards, tmp_path / "x", "--shuffle", "--shuffle-documents"))
+    assert "pick one" in capsys.readouterr().err
