@@ -65,15 +65,25 @@ def write_hf_hellaswag(path, n, seed=0):
     return path
 
 
-def test_harness_style_equals_lm_evaluation_harness_example_for_example(tiny_checkpoint, tmp_path):
+def local_task(tmp_path):
+    """The synthetic file and a task directory holding the harness's hellaswag task over it."""
     data = write_hf_hellaswag(tmp_path / "hellaswag_val.jsonl", 40)
-    model_dir = export_hf.export_hf(tiny_checkpoint, tmp_path / "hf")
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     (tasks / "hellaswag_local.yaml").write_text(TASK.format(data=data))
     (tasks / "utils.py").write_text(UTILS)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds"),
-           "TOKENIZERS_PARALLELISM": "false"}
+    return data, tasks
+
+
+def offline(tmp_path):
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds"),
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_harness_style_equals_lm_evaluation_harness_example_for_example(tiny_checkpoint, tmp_path):
+    data, tasks = local_task(tmp_path)
+    model_dir = export_hf.export_hf(tiny_checkpoint, tmp_path / "hf")
+    env = offline(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={model_dir},dtype=float32",
          "--tasks", "hellaswag_local", "--include_path", str(tasks), "--device", "cpu", "--batch_size", "8",
@@ -98,4 +108,18 @@ def test_harness_style_equals_lm_evaluation_harness_example_for_example(tiny_che
     report = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]["hellaswag_local"]
     counts = hellaswag.score_examples(model, examples, torch.device("cpu"))
     assert report["acc,none"] == pytest.approx(counts["harness_acc_correct"] / 40)
+    assert report["acc_norm,none"] == pytest.approx(counts["harness_acc_norm_correct"] / 40)
+
+
+def test_harness_py_runs_the_harness_on_a_checkpoint_with_a_local_task(tiny_checkpoint, tmp_path):
+    """harness.py exports the checkpoint and runs lm_eval on it: its figures are the harness style of hellaswag.py."""
+    data, tasks = local_task(tmp_path)
+    result = subprocess.run([sys.executable, "harness.py", "--init", str(tiny_checkpoint), "--tasks", "hellaswag_local",
+                             "--include-path", str(tasks), "--output-path", str(tmp_path / "out")],
+                            cwd=ROOT, env=offline(tmp_path), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "hellaswag_local" in result.stdout and "acc_norm" in result.stdout  # the harness's own table
+    report = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]["hellaswag_local"]
+    model = model_from_checkpoint(load_checkpoint(tiny_checkpoint)).eval()
+    counts = hellaswag.score_examples(model, hellaswag.load_examples(path=str(data)), torch.device("cpu"))
     assert report["acc_norm,none"] == pytest.approx(counts["harness_acc_norm_correct"] / 40)
