@@ -411,11 +411,18 @@ def bench_data(args) -> None:
         pipeline = n_tokens / (time.perf_counter() - t0)
         loader = ShardLoader(Path(tmp) / "out", "train", args.batch_size, args.seq_len)
         per_batch = median_time(loader.next_batch, 50, torch.device("cpu"))
+        t0 = time.perf_counter()  # the document index is built when the loader is made
+        shuffled = ShardLoader(Path(tmp) / "out", "train", args.batch_size, args.seq_len, shuffle_documents=True)
+        index_seconds = time.perf_counter() - t0
+        per_shuffled_batch = median_time(shuffled.next_batch, 50, torch.device("cpu"))
+    batch = f"B={args.batch_size} T={args.seq_len}"
     rows = [
         {"bench": "data", "impl": "single-thread encode_ordinary", "tokens": n_tokens, "tokens_per_s": single},
         {"bench": "data", "impl": f"fineweb.py, {args.workers} workers", "tokens": n_tokens, "tokens_per_s": pipeline},
-        {"bench": "data", "impl": f"ShardLoader.next_batch B={args.batch_size} T={args.seq_len}",
-         "ms_per_batch": 1000 * per_batch},
+        {"bench": "data", "impl": f"ShardLoader.next_batch {batch}", "ms_per_batch": 1000 * per_batch},
+        {"bench": "data", "impl": f"ShardLoader.next_batch {batch}, --shuffle-documents (tokens/s: its index)",
+         "tokens": n_tokens,
+         "tokens_per_s": n_tokens / index_seconds, "ms_per_batch": 1000 * per_shuffled_batch},
     ]
     ratios = {f"pipeline / single-thread (goal >= {0.8 * args.workers:.1f})": pipeline / single}
     report(f"cpu, {len(docs)} documents", rows, ["impl", "tokens", "tokens_per_s", "ms_per_batch"], ratios, args.json)
