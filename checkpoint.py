@@ -101,22 +101,24 @@ def prune_checkpoints(run_dir: Union[str, Path], keep: int) -> None:
             remove(old)
 
 
-def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint without unpickling arbitrary objects; clear errors for a missing or broken file. Of a
-    sharded checkpoint, this reads state.pt: everything but the model's and optimizer's tensors (see load_sharded)."""
+    sharded checkpoint, this reads state.pt: everything but the model's and optimizer's tensors (see load_sharded).
+    mmap: tensors memory-mapped, not read, for a look at the other keys."""
     path = Path(path)
     if path.is_dir():
         if not is_sharded_checkpoint(path):
             raise ValueError(f"{path} is not a checkpoint directory of this project (no DCP .metadata and "
                              f"{SHARDED_STATE})")
-        return read_checkpoint_file(path / SHARDED_STATE, map_location, required=("config",))
+        return read_checkpoint_file(path / SHARDED_STATE, map_location, ("config",), mmap)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return read_checkpoint_file(path, map_location, required=("model", "config"))
+    return read_checkpoint_file(path, map_location, ("model", "config"), mmap)
 
 
-def read_checkpoint_file(path: Path, map_location: Union[str, torch.device],
-                         required: tuple[str, ...]) -> dict[str, Any]:
+def read_checkpoint_file(path: Path, map_location: Union[str, torch.device], required: tuple[str, ...],
+                         mmap: bool = False) -> dict[str, Any]:
     """torch.load(weights_only=True) of a checkpoint file; a file that is not one, one line saying what it is not."""
     expected = "expected a ckpt_NNNNNN.pt that train_gpt2.py wrote, a run directory or a Hugging Face directory"
     with open(path, "rb") as f:
@@ -126,7 +128,7 @@ def read_checkpoint_file(path: Path, map_location: Union[str, torch.device],
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol notes: noise beside the one line below
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:  # objects beyond tensors and plain values: loading them could run code
         raise ValueError(f"{path} is not a checkpoint of this project: it holds Python objects other than tensors "
                          f"and plain values, which are never loaded (they could run code); {expected}") from None
@@ -433,17 +435,10 @@ def train_config_of(init: str) -> dict[str, Any]:
     anything else. Memory-mapped: a large checkpoint is not read for it."""
     path = Path(init)
     path = newest_checkpoint(path) if is_run_directory(path) else path
-    if path is not None and path.is_dir() and CHECKPOINT_PATTERN.match(path.name):
-        path = path / SHARDED_STATE
-    if path is None or not path.is_file():
-        return {}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a checkpoint of ours: its errors are load_model's to tell
+        return dict(load_checkpoint(path, mmap=True).get("train_config") or {}) if path is not None else {}
+    except (ValueError, OSError):  # not a checkpoint of ours (a hub name, an HF directory): load_model's to tell
         return {}
-    return dict(state.get("train_config") or {}) if isinstance(state, dict) else {}
 
 
 def what_is_there(directory: Path) -> str:

@@ -181,6 +181,7 @@ class ShardLoader:
         if key not in state:
             raise ValueError(f"data loader state {state} is not one of a loader over {key}s: another data order")
         epoch, unit, position = int(state["epoch"]), int(state[key]), int(state["position"])
-        if not 0 <= unit < self.num_units or not 0 <= position < np.subtract(*self._span(epoch, unit)[::-1]):
+        fits = 0 <= unit < self.num_units and 0 <= position < np.diff(self._span(epoch, unit))[0]
+        if not fits:
             raise ValueError(f"data loader state {state} does not fit the shards in {self.paths[0].parent}")
         self.epoch, self.unit, self.position = epoch, unit, position

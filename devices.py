@@ -10,11 +10,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
-DTYPE_HELP = ("autocast dtype: float32, bfloat16, float16; auto: bf16 on CUDA where supported, fp16 on older GPUs, "
-              "fp32 elsewhere")
+AUTO_DTYPE = "auto: bf16 on CUDA where supported, fp16 on older GPUs, fp32 elsewhere"
+DTYPE_HELP = f"autocast dtype: float32, bfloat16, float16; {AUTO_DTYPE}"
 TRAIN_DTYPE_HELP = DTYPE_HELP + " (fp16 trains with a gradient scaler)"
-INFERENCE_DTYPE_HELP = ("compute dtype, the weights cast to it (float32, bfloat16, float16); auto: bf16 on CUDA where "
-                       "supported, fp16 on older GPUs, fp32 elsewhere")
+INFERENCE_DTYPE_HELP = f"compute dtype, the weights cast to it (float32, bfloat16, float16); {AUTO_DTYPE}"
 # Peak dense bf16 tensor-core FLOP/s (no sparsity) for MFU, matched against the CUDA device name in this order, so
 # the more specific names come first ("A10" is also a substring of "A100").
 PEAK_FLOPS = (

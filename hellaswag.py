@@ -161,6 +161,11 @@ class Judgement(NamedTuple):
     harness_acc_norm: Optional[bool]  # harness style: per character of the ending
 
 
+def harness_style_applies(examples: list[dict]) -> bool:
+    """Whether every example has the fields harness style reads (parse_example keeps them where they are)."""
+    return all(HARNESS_FIELDS[0] in example for example in examples)
+
+
 def harness_preprocess(text: str) -> str:
     """lm-evaluation-harness's clean-up of HellaSwag text (its tasks/hellaswag/utils.py): WikiHow's bracketed
     artifacts out, " [title]" as a sentence end."""
@@ -210,7 +215,7 @@ def judge_examples(model: nn.Module, examples: list[dict], device: torch.device,
     model.eval()
     for start in tqdm(range(0, len(examples), batch_size), disable=not progress, desc="HellaSwag", unit="batch"):
         batch = examples[start : start + batch_size]
-        styles = [completion_rows] + ([harness_rows] if all(HARNESS_FIELDS[0] in e for e in batch) else [])
+        styles = [completion_rows] + ([harness_rows] if harness_style_applies(batch) else [])
         requests = [style(example) for example in batch for style in styles]
         lls = ending_log_likelihoods(model, requests, block_size, device)  # (n * styles, 4)
         labels = torch.tensor([e["label"] for e in batch], device=device).repeat_interleave(len(styles))

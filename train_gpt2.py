@@ -43,7 +43,7 @@ from distributed import (CHECKPOINTING, PARALLEL_MODES, Ranks, clip_grad_norm, f
                          gradient_sync, parallelize, process_group)
 from files import hold_directory  # noqa: E402
 from fineweb import BUNDLED_CORPUS, tokenize_bundled_corpus  # noqa: E402
-from hellaswag import HARNESS_FIELDS, judge_examples, load_for_training  # noqa: E402
+from hellaswag import harness_style_applies, judge_examples, load_for_training  # noqa: E402
 from memory import Setting, fit_report  # noqa: E402
 from metrics import RunLog, StepTimer, check_wandb_installed, run_summary, utc_now  # noqa: E402
 from model import GPT, PADDED_VOCAB_SIZE, PRESETS, GPTConfig, config_from_preset, configure_optimizers  # noqa: E402
@@ -166,8 +166,7 @@ class TrainConfig:
         if not self.eval_only:
             check_total_batch(self, world_size)
             if compile_wanted(self.compile, device):
-                micro_steps = self.total_batch_size // (self.micro_batch_size * self.seq_len * world_size)
-                check_compile_mode(self.compile_mode, micro_steps)
+                check_compile_mode(self.compile_mode, micro_steps_per_step(self, world_size))
         if self.val_tokens < self.micro_batch_size * self.seq_len:
             raise ValueError(f"--val-tokens {self.val_tokens} is less than one micro-batch (--micro-batch-size x "
                              f"--seq-len = {self.micro_batch_size * self.seq_len})")
@@ -252,9 +251,8 @@ class RunContext:
 
     @property
     def grad_accum(self) -> int:
-        """Micro-steps per optimizer step: --total-batch-size over B x T x world size (TrainConfig.check)."""
-        cfg = self.cfg
-        return cfg.total_batch_size // (cfg.micro_batch_size * cfg.seq_len * self.ranks.world_size)
+        """Micro-steps per optimizer step (see micro_steps_per_step)."""
+        return micro_steps_per_step(self.cfg, self.ranks.world_size)
 
     @property
     def use_compile(self) -> bool:
@@ -459,13 +457,22 @@ def check_seq_len(cfg: TrainConfig, config: GPTConfig) -> None:
     config.check_context(cfg.seq_len, what=f"--seq-len {cfg.seq_len}")
 
 
+def tokens_per_micro_step(cfg: TrainConfig, world_size: int) -> int:
+    return cfg.micro_batch_size * cfg.seq_len * world_size
+
+
+def micro_steps_per_step(cfg: TrainConfig, world_size: int) -> int:
+    """Micro-steps per optimizer step: --total-batch-size over B x T x world size (whole: check_total_batch)."""
+    return cfg.total_batch_size // tokens_per_micro_step(cfg, world_size)
+
+
 def check_total_batch(cfg: TrainConfig, world_size: int) -> None:
-    """--total-batch-size must be a whole number of micro-batches on every rank (see RunContext.grad_accum)."""
-    tokens_per_micro_step = cfg.micro_batch_size * cfg.seq_len * world_size
-    if cfg.total_batch_size % tokens_per_micro_step:
+    """--total-batch-size must be a whole number of micro-batches on every rank (see micro_steps_per_step)."""
+    if cfg.total_batch_size % tokens_per_micro_step(cfg, world_size):
         raise ValueError(
             f"--total-batch-size {cfg.total_batch_size} is not divisible by --micro-batch-size x --seq-len x "
-            f"world size = {cfg.micro_batch_size} x {cfg.seq_len} x {world_size} = {tokens_per_micro_step}"
+            f"world size = {cfg.micro_batch_size} x {cfg.seq_len} x {world_size} = "
+            f"{tokens_per_micro_step(cfg, world_size)}"
         )
 
 
@@ -717,7 +724,7 @@ class Evaluator:
         if sums is None:
             return None
         scores = {"hellaswag/acc_norm": sums[0] / sums[2]}
-        if all(HARNESS_FIELDS[0] in example for example in self.examples):
+        if harness_style_applies(self.examples):
             scores["hellaswag/acc_norm_harness"] = sums[1] / sums[2]
         return scores
 
@@ -810,11 +817,13 @@ def evaluate_only(ctx: RunContext) -> dict[str, Any]:
     """--eval-only: the evaluations of training, once, on a model given by --init-from (a hub name, HF directory,
     checkpoint or run directory) or on --run-dir's newest checkpoint; the ranks split the work as in training."""
     cfg = ctx.cfg
-    found = (cfg.init_from, None) if cfg.init_from else newest_that_loads(cfg.run_dir, model_at, ctx.log.note)
-    if not found:
+    if cfg.init_from:
+        init, model = cfg.init_from, load_model(cfg.init_from, say=ctx.log.say)
+    elif found := newest_that_loads(cfg.run_dir, model_at, ctx.log.note):  # named: the evaluation line says which
+        init, model = str(found[0]), found[1]
+    else:
         raise ValueError(f"--eval-only: nothing to evaluate; pass --init-from (a hub name, HF directory, checkpoint "
                          f"or run directory), or a --run-dir with checkpoints ({cfg.run_dir} has none)")
-    init, model = str(found[0]), found[1] or load_model(cfg.init_from, say=ctx.log.say)
     prepare_data(ctx)
     hellaswag = load_for_training(cfg.hellaswag_path, cfg.hellaswag_interval)
     model = model.to(ctx.device)
