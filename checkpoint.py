@@ -10,7 +10,9 @@ A checkpoint holds tensors and plain Python values only, so torch.load(..., weig
   step          optimizer steps done; the run continues with step `step`
   loader        where the train loader's next batch starts (epoch, shard or with --shuffle-documents document,
                 position)
-  rng           Python, numpy, torch and CUDA generator states
+  data          the shards the run reads, per split: name, size and content digest (dataloader.data_fingerprint)
+  rng           each rank's Python, numpy, torch and CUDA generator states (a list: rank r's at r; the CUDA state
+                of that rank's own device)
   val_loss      the newest validation loss (None before the first)
   evaluated     whether the evaluations due at `step` are done (False when a stop cut them short)
   evaluation    their scalars ({"val/loss": ..., "hellaswag/acc_norm": ...}), which a resumed run's live metrics
@@ -21,27 +23,34 @@ Two forms, one per parallel mode. With DDP (or one process) a checkpoint is one 
 master rank. With FSDP2 it is a directory, ckpt_NNNNNN/, a torch.distributed.checkpoint (DCP) checkpoint of model
 and optimizer (optimizer state keyed by parameter name), to which every rank writes its shards, plus state.pt with
 the other keys; DCP loads it at any world size, and into one process. Either form appears whole or not at all: a
-file is renamed into place once written, a directory once every rank has written its part.
+file is renamed into place once written, a directory once every rank has written its part. A save that fails (a
+full disk) removes its partial write at once and leaves the older checkpoints as they were.
+
+Nothing non-finite is saved or resumed: parameters and optimizer state are checked before a save and after a load
+(first_non_finite), and a checkpoint's fields are checked before it is resumed (check_training_fields).
 """
 
 import contextlib
 import dataclasses
+import errno
 import os
 import pickle
 import random
 import re
+import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
 
-from cli import first_line
+from cli import Exit, first_line
 from dataloader import ShardLoader
+from distributed import Ranks
 from files import atomic_file, remove, remove_stale_temporaries, sync_directory
 from model import GPT, HF_MODEL_NAMES, GPTConfig
 from network import hub_unreachable
@@ -111,6 +120,7 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
         if not is_sharded_checkpoint(path):
             raise ValueError(f"{path} is not a checkpoint directory of this project (no DCP .metadata and "
                              f"{SHARDED_STATE})")
+        check_sharded_files(path)
         return read_checkpoint_file(path / SHARDED_STATE, map_location, ("config",), mmap)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -139,6 +149,30 @@ def read_checkpoint_file(path: Path, map_location: Union[str, torch.device], req
         raise ValueError(f"{path} is not a checkpoint of this project (expected a dict with "
                          f"{' and '.join(repr(key) for key in required)})")
     return state
+
+
+def check_sharded_files(path: Path) -> None:
+    """A sharded checkpoint whose .metadata reads and whose every shard file is there, at least as long as the
+    metadata says: a rank's file missing or cut short, or the metadata cut short, is a ValueError naming it (what
+    DCP itself would raise on every rank, mid-load, as a CheckpointException)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            metadata = FileSystemReader(str(path)).read_metadata()
+        storage = dict(metadata.storage_data)
+    except Exception as e:  # cut short, or not DCP's: pickle's and DCP's own words
+        raise ValueError(f"{path}: its .metadata is damaged ({first_line(e)[:200]})") from None
+    needed: dict[str, int] = {}
+    for item in storage.values():
+        needed[item.relative_path] = max(needed.get(item.relative_path, 0), item.offset + item.length)
+    for name, size in sorted(needed.items()):
+        shard = path / name
+        if not shard.is_file():
+            raise ValueError(f"{path}: its shard {name} is missing")
+        if shard.stat().st_size < size:
+            raise ValueError(f"{path}: its shard {name} is cut short ({shard.stat().st_size:,} of {size:,} bytes)")
 
 
 def newest_that_loads(run_dir: Union[str, Path], load: Callable[[Path], Any],
@@ -193,12 +227,35 @@ def load_sharded(path: Path, tensors: dict[str, Any], no_dist: bool = False) -> 
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
+    from torch.distributed.checkpoint.api import CheckpointException
+
     try:
         with one_process_is_meant():
             dcp.load(tensors, checkpoint_id=str(path), no_dist=no_dist or not dist.is_initialized())
-    except Exception as e:  # a shard missing or cut short, keys that do not fit ...
-        raise ValueError(f"{path}: the sharded checkpoint does not load: {first_line(e)[:300]}") from None
+    except (Exception, CheckpointException) as e:  # keys that do not fit, a shard damaged inside ...
+        raise ValueError(f"{path}: the sharded checkpoint does not load: {describe_error(e)[:300]}") from None
     return tensors
+
+
+def underlying_errors(error: BaseException) -> list[BaseException]:
+    """The error and what lies beneath it: its causes and, of DCP's CheckpointException (which derives from
+    BaseException and gathers every rank's failure), each rank's error."""
+    found, todo = [], [error]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is seen for seen in found):
+            continue
+        found.append(e)
+        todo += [e.__cause__, e.__context__]
+        todo += [failure[0] for failure in getattr(e, "failures", {}).values() if isinstance(failure, tuple)]
+    return found
+
+
+def describe_error(error: BaseException) -> str:
+    """The first line of the deepest error that says something: a CheckpointException's own words are a list of
+    ranks and tracebacks."""
+    errors = [e for e in underlying_errors(error) if not hasattr(e, "failures")]
+    return first_line(errors[-1] if errors else error)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,7 +263,9 @@ def load_sharded(path: Path, tensors: dict[str, Any], no_dist: bool = False) -> 
 
 
 def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch and CUDA generator states as tensors and plain values (weights_only-loadable)."""
+    """This process's Python, numpy, torch and CUDA generator states as tensors and plain values
+    (weights_only-loadable); of CUDA, its own device's (the current one) only: a rank uses no other, and another
+    machine may have fewer devices."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -215,18 +274,33 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore rng_state()'s states; of CUDA, into this process's device. Older checkpoints hold every visible
+    device's state (a list, as torch.cuda.get_rng_state_all gives it): this device's is taken where it is there."""
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        device, cuda = torch.cuda.current_device(), state["cuda"]
+        if isinstance(cuda, (list, tuple)):
+            cuda = cuda[device] if device < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+
+
+def rank_rng_state(rng: Union[dict[str, Any], list[dict[str, Any]]], rank: int) -> dict[str, Any]:
+    """A rank's generator states of a checkpoint's rng: rank r's of the list (rank 0's for a rank the saving run
+    did not have: another world size, which resumes within tolerance, not bitwise), or the one dict that
+    checkpoints before the list held."""
+    if isinstance(rng, dict):
+        return rng
+    return rng[rank] if rank < len(rng) else rng[0]
 
 
 class Progress(NamedTuple):
@@ -252,6 +326,8 @@ class TrainState:
     evaluations: Optional[dict[str, float]] = None  # the scalars of the evaluations done at `step` ({} when none
     # was due), or None while they are still to do: a new step, or a stop that cut them short
     sharded: bool = False  # checkpoints as DCP directories (--parallel fsdp), else files
+    data: dict[str, Any] = field(default_factory=dict)  # what the run reads (dataloader.data_fingerprint)
+    rank: int = 0  # this process's: whose generator states it saves and resumes
 
     def progress(self) -> Progress:
         return Progress(self.step, self.evaluations is not None)
@@ -266,8 +342,9 @@ class TrainState:
         self.step, self.evaluations = self.step + 1, None
 
     def state_dict(self) -> dict[str, Any]:
-        """The checkpoint (see the module docstring); sharded, model and optimizer are DCP's state dicts: keyed by
-        parameter name, of the tensors (shards under FSDP2) this rank holds."""
+        """The checkpoint (see the module docstring), with this rank's generator states alone under "rng" (the
+        save gathers every rank's); sharded, model and optimizer are DCP's state dicts: keyed by parameter name, of
+        the tensors (shards under FSDP2) this rank holds."""
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -281,7 +358,8 @@ class TrainState:
             "train_config": dict(self.train_config),
             "step": self.step,
             "loader": self.train_loader.state_dict(),
-            "rng": rng_state(),
+            "data": dict(self.data),
+            "rng": [rng_state()],
             "val_loss": self.val_loss,
             "evaluated": self.evaluations is not None,
             "evaluation": dict(self.evaluations or {}),
@@ -291,10 +369,8 @@ class TrainState:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint: weights, optimizer, scaler, data position, RNG states and progress."""
-        for key in ("optimizer", "step", "loader", "rng"):
-            if key not in state:
-                raise ValueError(f"the checkpoint holds a model but no training state ({key!r} is missing) to resume")
+        """Continue from a checkpoint (its fields as check_training_fields has them): weights, optimizer, scaler,
+        data position, this rank's generator states and progress."""
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -306,35 +382,144 @@ class TrainState:
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
-        self.step, self.val_loss = int(state["step"]), state.get("val_loss")
+        set_rng_state(rank_rng_state(state["rng"], self.rank))
+        self.step, self.val_loss = state["step"], state.get("val_loss")
         self.evaluations = dict(state.get("evaluation") or {}) if state.get("evaluated", True) else None
 
 
-def save_training_state(state: TrainState, run_dir: Union[str, Path], keep: int, master: bool) -> Path:
-    """Write the state as its step's checkpoint in run_dir, atomically, then delete all but the newest `keep`
-    (0 keeps all); return its path. Every rank calls it: the master writes a file; every rank writes its part of a
-    sharded checkpoint."""
+def check_training_fields(checkpoint: dict[str, Any], path: Path) -> None:
+    """A checkpoint a run can continue from: its training keys there and of their types, its step a whole number
+    >= 0 and, where its name carries a step (ckpt_NNNNNN), that step. A ValueError naming the field otherwise."""
+    for key in ("step", "loader", "rng") if path.is_dir() else ("optimizer", "step", "loader", "rng"):
+        if key not in checkpoint:  # (a sharded checkpoint's optimizer state is in its DCP files)
+            raise ValueError(f"{path} holds a model but no training state ({key!r} is missing) to resume")
+    step = checkpoint["step"]
+    if type(step) is not int or step < 0:
+        raise ValueError(f"{path}: its step {step!r} is not a whole number >= 0")
+    named = CHECKPOINT_PATTERN.match(path.name)
+    if named and int(named.group(1)) != step:
+        raise ValueError(f"{path} holds step {step}, not the step {int(named.group(1))} of its name (renamed or "
+                         f"copied over?)")
+    kinds = {"optimizer": dict, "loader": dict, "rng": (dict, list), "train_config": dict, "data": dict,
+             "evaluation": dict, "evaluated": bool, "val_loss": (int, float)}
+    for key, kind in kinds.items():
+        value = checkpoint.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise ValueError(f"{path}: its {key!r} is {type(value).__name__} {str(value)[:40]!r}, not what a "
+                             f"checkpoint of this project holds")
+    if not all(type(v) is int for v in checkpoint["loader"].values()):
+        raise ValueError(f"{path}: its data loader position {checkpoint['loader']} is not whole numbers")
+
+
+def first_non_finite(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None) -> Optional[str]:
+    """The first parameter or optimizer-state tensor holding a NaN or an infinity, named ('transformer.h.0.mlp.c_fc
+    .weight (nan)', 'exp_avg of transformer.wte.weight (inf)'), or None. This rank's part under FSDP2. One device
+    sync for all of them."""
+    names = {p: clean_name(name) for name, p in model.named_parameters()}
+    tensors = [(name, p) for p, name in names.items()]
+    for p, slots in (optimizer.state.items() if optimizer is not None else ()):
+        tensors += [(f"{slot} of {names.get(p, 'a parameter')}", value) for slot, value in slots.items()
+                    if isinstance(value, torch.Tensor) and value.is_floating_point()]
+    local = [(name, t.to_local() if hasattr(t, "to_local") else t) for name, t in tensors]
+    local = [(name, t.detach()) for name, t in local if t.numel()]
+    if not local:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in local]).tolist()
+    for (name, t), ok in zip(local, finite):
+        if not ok:
+            return f"{name} ({'nan' if torch.isnan(t).any() else 'inf'})"
+    return None
+
+
+def clean_name(name: str) -> str:
+    """A parameter's name as the checkpoint keys have it: without the wrappers' parts (compile, activation
+    checkpointing)."""
+    return name.replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", "")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (its partial write removed, the older ones kept), in one line."""
+
+
+def save_training_state(state: TrainState, run_dir: Union[str, Path], keep: int, ranks: Ranks,
+                        tensors_saved: bool = False) -> Path:
+    """Write the state as its step's checkpoint in run_dir, atomically, with every rank's generator states, then
+    delete all but the newest `keep` (0 keeps all); return its path. Every rank calls it: the master writes a file;
+    every rank writes its part of a sharded checkpoint (tensors_saved: this run's checkpoint of this step holds its
+    tensors already, see save_sharded). A failure on any rank is one CheckpointWriteError on the master (an Exit,
+    silent, on the others), its partial write already removed."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
     path = checkpoint_path(run_dir, state.step, state.sharded)
-    if state.sharded:
-        save_sharded(state, path, master)
-    elif master:
-        save_checkpoint(path, state.state_dict())
-    if master:
+    full = state.state_dict()
+    full["rng"] = ranks.gather(full["rng"][0])
+    failure = None
+    try:
+        if state.sharded:
+            save_sharded(full, path, ranks.master, tensors_saved)
+        elif ranks.master:
+            save_checkpoint(path, full)
+    except (Exception, CheckpointException) as e:  # a full disk, a lost mount, a permission ...
+        failure = e
+    needed = ranks.all_sum([tensor_bytes(full)])[0] if state.sharded else tensor_bytes(full)
+    if ranks.any_rank(failure is not None)[0]:
+        raise write_failure(path, failure, int(needed), ranks.master)
+    if ranks.master:
         prune_checkpoints(run_dir, keep)
     return path
 
 
-def save_sharded(state: TrainState, path: Path, master: bool) -> None:
-    """The DCP checkpoint of model and optimizer, written by every rank into path.tmp/, then the master's state.pt
-    and the rename to path/. The same step again (its evaluations done since it was saved) only replaces state.pt:
-    no optimizer step lies between, so the tensors are the ones on disk."""
+def tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor in a (nested) state dict: about what torch.save or DCP writes of it."""
+    if isinstance(value, torch.Tensor):
+        local = value.to_local() if hasattr(value, "to_local") else value
+        return local.numel() * local.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def write_failure(path: Path, error: Optional[BaseException], needed: int, master: bool) -> BaseException:
+    """The end of a run whose checkpoint could not be written, once the partial write is gone: on the master, the
+    one line saying why (a full disk: how much is free and how much the checkpoint needs) and what is kept."""
+    if not master:
+        return Exit("", 1)
+    remove(path.with_name(path.name + ".tmp"))  # a sharded save's directory (a file's is gone with atomic_file)
+    free = shutil.disk_usage(path.parent).free
+    full = free < needed or error is not None and any(is_disk_full(e) for e in underlying_errors(error))
+    kept = list_checkpoints(path.parent)  # the older ones: a failed save renames nothing into place
+    kept_line = f"; the newest checkpoint, {kept[-1]}, is kept as it was" if kept else ""
+    if full:
+        why = (f"the disk holding {path.parent} is full ({megabytes(free)} free; the checkpoint needs about "
+               f"{megabytes(needed)})")
+    else:
+        why = describe_error(error) if error else "a peer could not write its part"
+    return CheckpointWriteError(f"cannot write checkpoint {path}: {why}; its partial write is removed{kept_line}")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC or a quota, as an OSError or in the words of torch's writer (which turns it into 'unexpected pos')."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return bool(re.search(r"No space left|quota exceeded|unexpected pos", str(error), re.I))
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def save_sharded(full: dict[str, Any], path: Path, master: bool, tensors_saved: bool = False) -> None:
+    """The DCP checkpoint of model and optimizer in `full` (a TrainState's state_dict), written by every rank into
+    path.tmp/, then the master's state.pt and the rename to path/, over what was there (a damaged checkpoint of the
+    same step, which the run skipped). tensors_saved, for the same step again (its evaluations done since this run
+    saved or resumed it): only state.pt is replaced, as no optimizer step lies between."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
-    full = state.state_dict()
     plain = {key: value for key, value in full.items() if key not in ("model", "optimizer")}
-    if path.is_dir():
+    if tensors_saved and path.is_dir():
         if master:
             save_checkpoint(path / SHARDED_STATE, plain)
         return
@@ -344,18 +529,42 @@ def save_sharded(state: TrainState, path: Path, master: bool) -> None:
                  no_dist=not dist.is_initialized())  # with several ranks, a collective
     if master:  # dcp.save returns on the master once every rank's shards are written
         save_checkpoint(tmp / SHARDED_STATE, plain)
+        old = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # removed at the next start, should a kill come now
+        if path.exists():
+            os.replace(path, old)
         os.replace(tmp, path)
         sync_directory(path.parent)
+        remove(old)
 
 
 def load_training_state(state: TrainState, path: Path, checkpoint: dict[str, Any]) -> None:
-    """Resume `state` from the checkpoint at path; `checkpoint` is what load_checkpoint read there (of a sharded
-    one, state.pt: its model and optimizer tensors are loaded here, resharded to this run's world size)."""
+    """Resume `state` from the checkpoint at path; `checkpoint` is what load_checkpoint read there, its fields
+    checked (check_training_fields; of a sharded one, state.pt: its model and optimizer tensors are loaded here,
+    resharded to this run's world size). A state that does not fit this run (another shape, data the loader's
+    position does not fit) is a ValueError naming the checkpoint; one that is not finite, a FloatingPointError
+    naming the tensor."""
     if path.is_dir():
         current = state.state_dict()  # the shapes and shards to load into
         checkpoint = {**checkpoint, **load_sharded(path, {"model": current["model"],
                                                           "optimizer": current["optimizer"]})}
-    state.load_state_dict(checkpoint)
+    try:
+        state.load_state_dict(checkpoint)
+    except (KeyError, TypeError, RuntimeError, IndexError) as e:  # fields of the right type, but not this run's
+        raise ValueError(f"{path} does not resume this run: {first_line(e)[:300]}") from None
+    if bad := first_non_finite(state.model, state.optimizer):
+        raise FloatingPointError(f"{path} holds non-finite values: {bad}")
+
+
+def remove_superseded_checkpoints(run_dir: Union[str, Path], final_step: int, interval: int) -> list[Path]:
+    """At the end of a run: delete the checkpoints written for a crash or a stop (by time, or on a stop request),
+    which the final one supersedes; those on the --checkpoint-interval grid stay."""
+    removed = []
+    for path in list_checkpoints(run_dir):
+        step = checkpoint_step(path)
+        if step < final_step and not (interval and step % interval == 0):
+            remove(path)
+            removed.append(path)
+    return removed
 
 
 # ----------------------------------------------------------------------------------------------------------------

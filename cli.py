@@ -6,12 +6,16 @@ Kept free of torch so that fineweb.py and its tokenizer processes start fast.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import difflib
+import errno
+import io
 import os
 import signal
 import sys
 import typing
-from typing import Any, Callable, NoReturn, Optional, TypeVar, Union
+from typing import Any, Callable, Iterator, NoReturn, Optional, TypeVar, Union
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -28,14 +32,34 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (exit code 2) and defaults shown in -h."""
+    """argparse with one-line usage errors (exit code 2; under torchrun said by rank 0 alone), the nearest flag
+    suggested for an unknown one, no abbreviated flags (--max-step is not --max-steps) and defaults shown in -h."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        if message.startswith("unrecognized arguments: "):
+            message += self.suggestion(message.removeprefix("unrecognized arguments: ").split())
+        self.exit(2, f"{self.prog}: error: {message}\n" if is_master_process() else None)
+
+    def suggestion(self, unknown: list[str]) -> str:
+        """'; did you mean --max-steps?' for the first unknown flag that is close to one of ours."""
+        flags = [option for action in self._actions for option in action.option_strings if option.startswith("--")]
+        for word in (w.split("=", 1)[0] for w in unknown if w.startswith("--")):
+            longer = sorted((f for f in flags if f.startswith(word)), key=len)  # what an abbreviation meant
+            close = longer or difflib.get_close_matches(word, flags, n=1, cutoff=0.6)
+            if close:
+                return f"; did you mean {close[0]}?"
+        return ""
+
+
+def is_master_process() -> bool:
+    """Rank 0 of a torchrun job (RANK, which torchrun sets), or a process on its own: the one that speaks for all
+    where every rank would say the same."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def first_line(text: Union[str, BaseException]) -> str:
@@ -65,6 +89,13 @@ def fraction(value: float) -> Optional[str]:
     return None if 0 <= value <= 1 else f"must be in [0, 1], got {value}"
 
 
+SEED_MAX = 2**32 - 1  # the largest seed numpy takes (torch takes up to 2**64 - 1)
+
+
+def seed_range(value: int) -> Optional[str]:
+    return None if 0 <= value <= SEED_MAX else f"must be in 0..{SEED_MAX} (numpy's seeds), got {value}"
+
+
 def checked(kind: type, check: Check) -> Callable[[str], Any]:
     """An argparse type: the text read as `kind`, refused with the check's problem."""
 
@@ -81,6 +112,7 @@ def checked(kind: type, check: Check) -> Callable[[str], Any]:
 positive_int = checked(int, positive)
 non_negative_int = checked(int, non_negative)
 non_negative_float = checked(float, non_negative)
+seed_int = checked(int, seed_range)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,46 +204,49 @@ class Exit(Exception):
 
 
 class StopRequest:
-    """SIGINT and SIGTERM (Ctrl-C; how Slurm, Kubernetes and torchrun ask a job to end) recorded instead of raised,
-    so that a run can stop at a step boundary of its choosing. Later signals only say that the stop is under way:
-    nothing in progress, a checkpoint being written least of all, is interrupted."""
+    """SIGINT (Ctrl-C), SIGTERM (how Slurm, Kubernetes and torchrun ask a job to end) and SIGHUP (a hang-up: the
+    terminal or SSH session went away) recorded instead of raised, so that a run can stop at a step boundary of its
+    choosing. A signal ignored when the process started stays ignored (SIGINT in a script's `cmd &`, SIGHUP under
+    nohup), as Python leaves an ignored SIGINT; SIGTERM always stops. With watch_parent, the end of the parent process
+    (a torchrun agent that was killed) is a stop request too, noticed whenever `requested` is read. Later signals only
+    say that the stop is under way: nothing in progress, a checkpoint being written least of all, is interrupted."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
-    def __init__(self):
-        self.signal: Optional[signal.Signals] = None
+    def __init__(self, watch_parent: bool = False):
+        self.cause: Optional[str] = None  # what asked to stop: a signal's name, or the parent's end
+        self.exit_code = 128 + signal.SIGTERM  # 128 + the signal's number, as a shell reports a process it ended
+        self._parent = os.getppid() if watch_parent else None
         self._previous: dict[int, object] = {}
 
     @property
     def requested(self) -> bool:
-        return self.signal is not None
-
-    @property
-    def cause(self) -> str:
-        """The signal this process received or, on a rank that received none, the peer's request the ranks agreed
-        on."""
-        return self.signal.name if self.signal else "a peer's stop request"
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal's number, as a shell reports a process the signal ended (SIGTERM's for a peer's)."""
-        return 128 + (self.signal or signal.SIGTERM)
+        if self.cause is None and self._parent is not None and os.getppid() != self._parent:
+            self.cause = f"the end of its parent process (pid {self._parent}, torchrun's agent)"
+        return self.cause is not None
 
     def ending(self, where: str, shown: bool = True) -> Exit:
         """The Exit of a process this request stopped: 'stopped by SIGINT {where}' (on stderr if `shown`; the other
-        ranks exit with the same code, silently)."""
-        return Exit(f"stopped by {self.cause} {where}" if shown else "", self.exit_code)
+        ranks exit with the same code, silently). On a rank that received no request itself, the cause is the
+        peer's request the ranks agreed on, and the code SIGTERM's."""
+        cause = self.cause or "a peer's stop request"
+        return Exit(f"stopped by {cause} {where}" if shown else "", self.exit_code)
 
     def on_signal(self, signum: int, frame=None) -> None:
-        if self.signal is None:
-            self.signal = signal.Signals(signum)
-        else:  # os.write, not print: a handler may run while the main thread is inside a print
+        if self.cause is None:
+            self.cause, self.exit_code = signal.Signals(signum).name, 128 + signum
+            return
+        try:  # os.write, not print: a handler may run while the main thread is inside a print
             os.write(2, f"{signal.Signals(signum).name} again: already stopping at the next step boundary\n".encode())
+        except OSError:  # no console any more: nothing to tell it
+            pass
 
     def __enter__(self) -> "StopRequest":
         """Install the handlers (main thread only; elsewhere signals keep their behaviour)."""
         try:
             for s in self.SIGNALS:
+                if s != signal.SIGTERM and signal.getsignal(s) is signal.SIG_IGN:
+                    continue
                 self._previous[s] = signal.signal(s, self.on_signal)
         except ValueError:  # not the main thread
             self._previous.clear()
@@ -223,24 +258,103 @@ class StopRequest:
         self._previous.clear()
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The console, which a program can outlive
+
+
+CONSOLE_LISTENERS: list[Callable[[str], None]] = []  # told once, the first time a console stream fails
+
+
+class Console:
+    """sys.stdout or sys.stderr, whose failure to write never ends the program: a reader that went away (a closed
+    pipe: `| head`, a killed `| tee`), a dead terminal (EIO), a full disk under a redirect. At the first failure the
+    stream's descriptor is pointed at the null device, so that what is still buffered, what C code and child
+    processes write there, and Python's own flush at exit all go quietly, and CONSOLE_LISTENERS hear why once (a run
+    notes it in its log.txt, which holds every line the console had). Everything but write and flush is the
+    stream's."""
+
+    def __init__(self, stream, name: str):
+        self.stream, self.name = stream, name
+        self.gone: Optional[str] = None  # why it went, once it did: 'stdout: EPIPE'
+
+    def write(self, text: str) -> int:
+        if self.gone is None:
+            try:
+                return self.stream.write(text)
+            except OSError as e:
+                self.lose(e)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.gone is None:
+            try:
+                self.stream.flush()
+            except OSError as e:
+                self.lose(e)
+
+    def lose(self, error: OSError) -> None:
+        self.gone = f"{self.name}: {errno.errorcode.get(error.errno, error.strerror or 'error')}"
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, io.UnsupportedOperation):  # no descriptor of its own (a test's capture)
+            pass
+        for listener in list(CONSOLE_LISTENERS):
+            listener(self.gone)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def guarded_console() -> Iterator[None]:
+    """sys.stdout and sys.stderr as Console streams for the life of the context (once: nested, it does nothing)."""
+    if isinstance(sys.stdout, Console):
+        yield
+        return
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = Console(sys.stdout, "stdout"), Console(sys.stderr, "stderr")
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # here, where a failure is muted, not in Python's flush at exit
+        sys.stdout, sys.stderr = saved
+
+
 def run_cli(main: Callable[[], None]) -> None:
-    """Run a script's main; a user mistake (bad path, bad file, bad value) or a diverged run (FloatingPointError)
-    is one line on stderr and exit 1; an Exit is its message and code.
+    """Run a script's main with a console it can outlive (see Console); a user mistake (bad path, bad file, bad
+    value) or a diverged run (FloatingPointError) is one line on stderr and exit 1; an Exit is its message and code.
 
     Set GPT_DEBUG=1 to see the full traceback instead.
     """
     prog = os.path.basename(sys.argv[0])
+    with guarded_console():
+        code = run_main(main, prog)
+    if code:
+        sys.exit(code)
+
+
+def run_main(main: Callable[[], None], prog: str) -> int:
+    """main's exit code, having said on stderr why it ended, if it did not succeed."""
     try:
         main()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    except SystemExit as e:  # argparse's usage errors and -h
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
     except Exit as e:
         if str(e):
             print(f"{prog}: {e}", file=sys.stderr)
-        sys.exit(e.code)
+        return e.code
     except (ValueError, OSError, FloatingPointError) as e:
         if os.environ.get("GPT_DEBUG"):
             raise
         print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0

@@ -10,13 +10,16 @@ across unit boundaries and on into the next epoch, so nothing usable is skipped,
 (epoch, unit, position) is the same on every rank: a run resumes at any world size.
 """
 
+import hashlib
+import json
 import re
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 import torch
 
+from fineweb import MANIFEST  # fineweb.py's record of the shards it wrote, with their SHA-256
 from tokenizer import EOT_ID, N_VOCAB
 
 SHARD_PATTERN = re.compile(r"^(?P<prefix>.+)_(?P<split>[a-z]+)_(?P<index>\d{6,})\.npy$")
@@ -35,6 +38,63 @@ def list_shards(data_dir: Union[str, Path], split: str) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no '{split}' shards (*_{split}_NNNNNN.npy) in {data_dir}")
     return [path for _, _, path in sorted(found)]
+
+
+# A shard's content digest: whole up to WHOLE_DIGEST_BYTES (the quickstart's, the tests'), else SAMPLED_BLOCKS blocks
+# spread over the file (a FineWeb shard of 200 MB: 1 MiB read, not all of it, at every start).
+WHOLE_DIGEST_BYTES = 16 * 2**20
+SAMPLED_BLOCKS, BLOCK_BYTES = 16, 2**16
+
+
+def shard_digest(path: Path) -> str:
+    """A BLAKE2b digest of a shard's bytes: all of them, or for a large one SAMPLED_BLOCKS evenly spaced blocks."""
+    size, digest = path.stat().st_size, hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        if size <= WHOLE_DIGEST_BYTES:
+            while block := f.read(2**20):
+                digest.update(block)
+        else:
+            for i in range(SAMPLED_BLOCKS):
+                f.seek(i * (size - BLOCK_BYTES) // (SAMPLED_BLOCKS - 1))
+                digest.update(f.read(BLOCK_BYTES))
+    return digest.hexdigest()
+
+
+def data_fingerprint(data_dir: Union[str, Path], splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
+    """What a run reads, to tell on resume whether the data changed: per split, each shard's name, size in bytes
+    and content digest, and the SHA-256 that fineweb.py's manifest lists for it where there is one."""
+    data_dir = Path(data_dir)
+    listed = {}
+    if (data_dir / MANIFEST).is_file():
+        try:
+            listed = {s["name"]: s["sha256"] for s in json.loads((data_dir / MANIFEST).read_text())["shards"]}
+        except (ValueError, KeyError, TypeError):  # not fineweb.py's: the shards' own digests still tell
+            pass
+    fingerprint = {}
+    for split in splits:
+        fingerprint[split] = [{"name": p.name, "bytes": p.stat().st_size, "digest": shard_digest(p),
+                               **({"sha256": listed[p.name]} if p.name in listed else {})}
+                              for p in list_shards(data_dir, split)]
+    return fingerprint
+
+
+def data_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """How the shards differ from a recorded fingerprint (data_fingerprint), one phrase per shard:
+    'edufineweb_train_000003.npy replaced (other content)', '... removed', '... added'."""
+    changes = []
+    for split in sorted(recorded.keys() & now.keys()):
+        before, after = ({s["name"]: s for s in shards} for shards in (recorded[split], now[split]))
+        for name in sorted(before.keys() | after.keys()):
+            old, new = before.get(name), after.get(name)
+            if new is None:
+                changes.append(f"{name} removed")
+            elif old is None:
+                changes.append(f"{name} added")
+            elif old["bytes"] != new["bytes"]:
+                changes.append(f"{name} replaced ({old['bytes']:,} bytes before, {new['bytes']:,} now)")
+            elif old["digest"] != new["digest"] or old.get("sha256", new.get("sha256")) != new.get("sha256"):
+                changes.append(f"{name} replaced (other content, the same size)")
+    return changes
 
 
 def load_shard(path: Union[str, Path]) -> np.ndarray:
@@ -83,6 +143,11 @@ class ShardLoader:
                 f"B*T*world_size+1 = {window:,}; use a smaller batch or more data"
             )
         self.doc_starts = self._document_starts() if shuffle_documents else None
+        if shuffle_documents and self.num_units == 1:
+            raise ValueError(f"the '{split}' split of {data_dir} is one document (no <|endoftext|> after its first "
+                             f"token), so shuffling its documents would change nothing: shuffle whole shards "
+                             f"instead (--shuffle), or tokenize it with fineweb.py, which begins every document "
+                             f"with <|endoftext|>")
         self._orders: dict[int, np.ndarray] = {}  # the unit order of the epochs at hand
         self.reset()
 

@@ -210,7 +210,9 @@ def recompile_room(limit: int) -> contextlib.AbstractContextManager:
     recompile_limit, cache_size_limit before torch 2.7; the default 8 is there to catch shapes that change by
     accident): for work whose graphs are each deliberate, such as a benchmark's contenders."""
     config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    name = next((n for n in ("recompile_limit", "cache_size_limit") if hasattr(config, n)), None)
+    if name is None:  # neither setting in this torch (or something deleted it): leave torch's own limit
+        return contextlib.nullcontext()
     return config.patch(**{name: max(limit, getattr(config, name))})
 
 

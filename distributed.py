@@ -65,6 +65,14 @@ class Ranks:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total.tolist()
 
+    def gather(self, value: object) -> list:
+        """Every rank's `value` (a small picklable object), in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
     def any_rank(self, *flags: bool) -> list[bool]:
         """Each flag, true if it is true on any rank: how the ranks agree (one small collective)."""
         return [total > 0 for total in self.all_sum([float(f) for f in flags])]
@@ -74,6 +82,18 @@ class Ranks:
             dist.barrier()
 
 
+def under_torchrun() -> bool:
+    """Whether a torchrun agent started this process (and so is its parent)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def launcher_restart() -> Optional[str]:
+    """What restarted this command, where a launcher did ('torchrun's restart 2 of the workers', after a failure,
+    with --max-restarts), else None (its first start)."""
+    count = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return f"torchrun's restart {count} of the workers" if count.isdigit() and int(count) > 0 else None
+
+
 def join(ranks: Ranks, device_name: str, timeout_seconds: float) -> torch.device:
     """Join the process group torchrun describes, every collective bounded by the timeout; return this rank's
     device (one process: --device's)."""
@@ -81,17 +101,32 @@ def join(ranks: Ranks, device_name: str, timeout_seconds: float) -> torch.device
     if not ranks.enabled:
         return device
     timeout = timedelta(seconds=timeout_seconds)
+    group = dict(timeout=timeout, **rendezvous_store(ranks, timeout))
     if device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl", device_id=device, timeout=timeout)
+        dist.init_process_group(backend="nccl", device_id=device, **group)
     else:
         # share the cores between the local processes instead of oversubscribing them
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-        dist.init_process_group(backend="gloo", timeout=timeout)
+        dist.init_process_group(backend="gloo", **group)
     ranks.device = device
     return device
+
+
+def rendezvous_store(ranks: Ranks, timeout: timedelta) -> dict:
+    """init_process_group's store, where torchrun's is shared with its agent: keyed by the start of the workers.
+    The agent's store outlives a restart of the workers (--max-restarts), and torch keys every start the same, so
+    the restarted ranks read their predecessors' addresses and fail to connect ("Connection refused";
+    pytorch/pytorch#135712, #167288). Elsewhere ({}): torch's own env:// rendezvous."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    start = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), ranks.world_size,
+                          is_master=False, timeout=timeout)
+    return dict(store=dist.PrefixStore(f"/worker/start_{start}", agent), rank=ranks.rank,
+                world_size=ranks.world_size)
 
 
 @contextlib.contextmanager

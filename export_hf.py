@@ -16,8 +16,9 @@ from typing import Optional, Union
 import torch
 
 from checkpoint import CHECKPOINT_PATTERN, list_checkpoints, load_model, save_checkpoint, train_config_of
-from devices import DTYPES
 from cli import ArgumentParser, first_line, run_cli
+from devices import DTYPES
+from files import readable_by_all
 from tokenizer import EOT_ID, N_VOCAB, gpt2_vocab_and_merges
 
 
@@ -74,6 +75,7 @@ def export_hf(init: Union[str, Path], out_dir: Union[str, Path], vocab_size: int
     out_dir.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(out_dir, safe_serialization=True)
     write_tokenizer(out_dir, model.config.block_size)
+    readable_by_all(out_dir)
     return out_dir
 
 

@@ -40,6 +40,16 @@ def atomic_file(path: Union[str, Path]) -> Iterator[BinaryIO]:
     sync_directory(path.parent)
 
 
+def readable_by_all(directory: Union[str, Path]) -> None:
+    """Give the files in `directory` the mode a plain open() gives under the umask (0644 under the usual 022): some
+    writers (transformers' safetensors shards, written through a private temporary file) leave 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(directory).iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def sync_directory(directory: Path) -> None:
     """Make a rename in `directory` durable (a no-op where directories cannot be opened, as on Windows)."""
     try:

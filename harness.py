@@ -8,6 +8,7 @@ Needs lm-evaluation-harness (`pip install -r requirements-test.txt`: lm_eval 0.4
 sampling and hellaswag.py do not.
 """
 
+import difflib
 import importlib.util
 import subprocess
 import sys
@@ -52,16 +53,46 @@ def parse_args(argv: Optional[list[str]] = None):
     return args
 
 
+def check_tasks(tasks: str, include_path: Optional[str]) -> None:
+    """Every task name the harness knows (its own, --include-path's, or a task file), before anything is exported: an
+    unknown one is a ValueError naming it and the nearest names."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=include_path)
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    unknown = [name for name in names if not manager.match_tasks([name]) and not Path(name).is_file()]
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], manager.all_tasks, n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else "; `lm_eval ls tasks` lists them"
+        raise ValueError(f"--tasks: lm-evaluation-harness has no task {', '.join(map(repr, unknown))}{hint}")
+
+
+def run_harness(command: list[str]) -> None:
+    """Run lm_eval, its output shown as it comes; a failure ends in one line: its error, without its traceback."""
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1)
+    held: list[str] = []  # a traceback, from its first line on: told in one line if lm_eval fails
+    for line in proc.stderr:
+        if held or line.startswith("Traceback (most recent call last)"):
+            held.append(line)
+        else:
+            sys.stderr.write(line)
+    code = proc.wait()
+    if code:
+        error = next((line.strip() for line in reversed(held) if line.strip() and not line.startswith(" ")), "")
+        raise Exit(f"error: lm_eval failed (exit code {code}){': ' + error if error else '; its messages are above'}",
+                   1)
+    sys.stderr.writelines(held)  # a traceback lm_eval survived: its own to tell
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     if importlib.util.find_spec("lm_eval") is None:
         raise ValueError(f"lm-evaluation-harness is not installed: {LM_EVAL_INSTALL}")
+    check_tasks(args.tasks, args.include_path)
     with tempfile.TemporaryDirectory(prefix="harness-") as tmp:
         model_dir = export_hf(args.init, Path(tmp) / "hf")
         print(f"exported {args.init} to {model_dir}; running lm-evaluation-harness on {args.tasks}", flush=True)
-        code = subprocess.run(lm_eval_command(model_dir, args)).returncode
-    if code:
-        raise Exit(f"lm_eval exited with code {code} (its messages are above)", code)
+        run_harness(lm_eval_command(model_dir, args))
 
 
 if __name__ == "__main__":

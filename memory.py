@@ -111,10 +111,11 @@ def total(s: Setting) -> float:
     return sum(estimate(s).values())
 
 
-def describe(s: Setting) -> str:
-    """'~12.3 GiB per GPU (weights 0.5, gradients 0.5, optimizer 0.9, copies 0.7, activations 7.6, loss 2.1)'."""
+def describe(s: Setting, per: str = "GPU") -> str:
+    """'~12.3 GiB per GPU (weights 0.5, gradients 0.5, optimizer 0.9, copies 0.7, activations 7.6, loss 2.1)'; per:
+    what each rank runs on ("GPU", or "process" on the CPU)."""
     parts = ", ".join(f"{name} {value / GIB:.1f}" for name, value in estimate(s).items())
-    return f"~{total(s) / GIB:.1f} GiB per GPU ({parts})"
+    return f"~{total(s) / GIB:.1f} GiB per {per} ({parts})"
 
 
 def changes_that_fit(s: Setting, budget: float) -> Optional[tuple[str, Setting]]:
@@ -141,10 +142,10 @@ def changes_that_fit(s: Setting, budget: float) -> Optional[tuple[str, Setting]]
     return next(((flags, setting) for flags, setting in candidates if total(setting) <= budget), None)
 
 
-def fit_report(s: Setting, device_bytes: Optional[int]) -> list[str]:
-    """The run summary's memory lines: the estimate and, when the GPU's memory is known and too small for it, one
-    line saying so, with the flags that would make the run fit."""
-    lines = [f"  memory      {describe(s)}, estimated"]
+def fit_report(s: Setting, device_bytes: Optional[int], per: str = "GPU") -> list[str]:
+    """The run summary's memory lines: the estimate (per: see describe) and, when the GPU's memory is known and too
+    small for it, one line saying so, with the flags that would make the run fit."""
+    lines = [f"  memory      {describe(s, per)}, estimated"]
     if device_bytes and total(s) > FITS * device_bytes:
         fix = changes_that_fit(s, FITS * device_bytes)
         advice = f"{fix[0]} would need ~{total(fix[1]) / GIB:.1f} GiB" if fix else "no flag here makes it fit"

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from cli import first_line
+from cli import CONSOLE_LISTENERS, first_line
 
 ROOT = Path(__file__).resolve().parent
 # The event lines: each kind's value format, and the pattern that reads them back.
@@ -136,6 +136,7 @@ class RunLog:
         self.metrics: Optional[Metrics] = None
         self.path = run_dir / "log.txt"  # created with its directory by the first line, so a run that fails
         # before it has anything to say (an unreachable hub, a bad flag) leaves no empty directory behind
+        self.unwritable: Optional[str] = None  # why log.txt could not be appended to, once that happened
 
     def say(self, text: str) -> None:
         """On the console only."""
@@ -157,10 +158,19 @@ class RunLog:
             self._write(event_line(step, kind, value))
 
     def _write(self, line: str) -> None:
-        if self.enabled:
+        """Append a line; a failure (a full disk) is said once on stderr and does not end the run: the checkpoint,
+        which needs the same disk, says what the run can do."""
+        if not self.enabled:
+            return
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 f.write(line.replace("\n", "\\n") + "\n")
+        except OSError as e:
+            if self.unwritable is None:
+                self.unwritable = str(e)
+                print(f"cannot append to {self.path} ({e}); its lines are lost until it can", file=sys.stderr,
+                      flush=True)
 
     def header(self, config: dict[str, Any], model_config: dict[str, Any]) -> None:
         """The top of a run's section of log.txt: when, the full config, the model, library versions and commit."""
@@ -183,10 +193,19 @@ class RunLog:
         if self.metrics is not None:
             self.metrics.flush()
 
+    def console_gone(self, reason: str) -> None:
+        """What log.txt says when the console stops taking lines (see cli.Console): the run goes on without it."""
+        self.comment(f"the console went away ({reason}) at {utc_now()}; the run goes on, telling only this file "
+                     f"and the live metrics")
+
     def __enter__(self) -> "RunLog":
+        if self.enabled:
+            CONSOLE_LISTENERS.append(self.console_gone)
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
+        if self.console_gone in CONSOLE_LISTENERS:
+            CONSOLE_LISTENERS.remove(self.console_gone)
         if self.metrics is not None:
             self.metrics.close(failed=exc_type is not None)
 
@@ -257,14 +276,14 @@ class StepTimer:
         self.t0 = 0.0
 
     def start(self) -> None:
-        self.t0 = time.time()
+        self.t0 = time.perf_counter()  # monotonic: a wall clock stepped back (NTP, a VM resumed) changes nothing
 
     def stop(self, device: Any) -> float:
         """The step's wall time, once the device's queued work is done."""
         from devices import synchronize
 
         synchronize(device)
-        self.times.append(time.time() - self.t0)
+        self.times.append(time.perf_counter() - self.t0)
         return self.times[-1]
 
     def seconds_per_step(self) -> float:

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from checkpoint import DEFAULT_RUN_DIR, load_model, newest_checkpoint
-from cli import ArgumentParser, first_line, non_negative_float, non_negative_int, positive_int, run_cli
+from cli import ArgumentParser, first_line, non_negative_float, positive_int, run_cli, seed_int
 from devices import INFERENCE_DTYPE_HELP, add_device_flags, autocast, device_and_dtype
 from model import GPT
 from tokenizer import EOT_ID, get_tokenizer
@@ -130,7 +130,7 @@ def parse_args(argv: Optional[list[str]] = None):
     parser.add_argument("-m", "--max-new-tokens", type=positive_int, default=32, help="tokens to add to each")
     parser.add_argument("--top-k", type=positive_int, default=50, help="sample among the k likeliest tokens")
     parser.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
-    parser.add_argument("--seed", type=non_negative_int, default=42, help="random seed of the sampler")
+    parser.add_argument("--seed", type=seed_int, default=42, help="random seed of the sampler")
     add_device_flags(parser, INFERENCE_DTYPE_HELP)
     parser.add_argument("--stop-at-eot", action="store_true",
                         help="end each sample at the first <|endoftext|> it generates")

@@ -11,9 +11,9 @@ or SIGTERM (preemption) stops every rank at the next step boundary, with a check
 
 import signal
 
-if __name__ == "__main__":
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
     # Until the run installs its stop handlers, Ctrl-C ends the process quietly, not with a traceback of whichever
-    # import below it interrupted.
+    # import below it interrupted (an ignored SIGINT stays ignored).
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 import contextlib  # noqa: E402
@@ -29,18 +29,20 @@ from typing import Any, Callable, Iterator, Optional  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from checkpoint import (DEFAULT_RUN_DIR, Progress, TrainState, checkpoint_path, config_from_checkpoint,  # noqa: E402
-                        load_checkpoint, load_model, load_training_state, model_at, newest_checkpoint,
-                        newest_that_loads, remove_unfinished_checkpoints, save_training_state,
-                        set_aside_previous_run, train_config_of, what_is_there)
+from checkpoint import (DEFAULT_RUN_DIR, CheckpointWriteError, Progress, TrainState, check_training_fields,  # noqa: E402
+                        checkpoint_path, checkpoint_step, config_from_checkpoint, first_non_finite,
+                        is_run_directory, list_checkpoints, load_checkpoint, load_model, load_training_state,
+                        model_at, newest_checkpoint, newest_that_loads, remove_superseded_checkpoints,
+                        remove_unfinished_checkpoints, save_training_state, set_aside_previous_run, train_config_of,
+                        what_is_there)
 from cli import (Exit, StopRequest, check_fields, flag, fraction, non_negative, option, parse_dataclass,  # noqa: E402
-                 positive, run_cli)
-from dataloader import ShardLoader, list_shards  # noqa: E402
+                 positive, run_cli, seed_range)
+from dataloader import ShardLoader, data_changes, data_fingerprint, list_shards  # noqa: E402
 from devices import (ATTENTION_BACKENDS, COMPILE_MODES, DEVICE_FLAG, DTYPE_FLAG, TRAIN_DTYPE_HELP,  # noqa: E402
                      allow_tf32, autocast, check_attention_backend, check_compile_mode, check_dtype, compile_model,
                      compile_wanted, device_memory, eager, peak_flops_of, pick_device, pick_dtype)
 from distributed import (CHECKPOINTING, PARALLEL_MODES, Ranks, clip_grad_norm, fsdp_available,  # noqa: E402
-                         gradient_sync, parallelize, process_group)
+                         gradient_sync, launcher_restart, parallelize, process_group, under_torchrun)
 from files import hold_directory  # noqa: E402
 from fineweb import BUNDLED_CORPUS, tokenize_bundled_corpus  # noqa: E402
 from hellaswag import harness_style_applies, judge_examples, load_for_training  # noqa: E402
@@ -111,9 +113,12 @@ class TrainConfig:
     keep_checkpoints: int = option(2, "newest checkpoints kept; 0 keeps all", non_negative)
     resume: Optional[bool] = option(None, "continue from the newest checkpoint in run_dir; default: when there is one. "
                                           "--no-resume starts over: the previous run's checkpoints are set aside first")
-    resume_from: str = option("", "continue from this checkpoint instead of run_dir's newest; run_dir's checkpoints "
-                                  "of its step and later are set aside first")
-    seed: int = option(1337, "seed of the model init, data shuffle and samples")
+    resume_from: str = option("", "continue from this checkpoint (or this run directory's newest) instead of "
+                                  "run_dir's newest; run_dir's checkpoints of its step and later are set aside first")
+    allow_data_change: bool = option(False, "resume although the shards differ from those the checkpoint recorded "
+                                            "(a deliberate change: a shard fixed, added or removed); log.txt "
+                                            "records what changed", action="store_true")
+    seed: int = option(1337, "seed of the model init, data shuffle and samples", seed_range)
     device: str = option(**DEVICE_FLAG)
     dtype: str = option(**{**DTYPE_FLAG, "help": TRAIN_DTYPE_HELP})
     compile: Optional[bool] = option(None, "torch.compile the model; default: on CUDA only")
@@ -163,6 +168,10 @@ class TrainConfig:
         if not (self.init_from or self.eval_only or resuming):
             check_seq_len(self, config_for_run(self))
         device = pick_device(self.device)
+        if self.compile_mode != "default" and not compile_wanted(self.compile, device):
+            off = "--no-compile is given" if self.compile is False else f"compile is off by default on {device.type}"
+            raise ValueError(f"--compile-mode {self.compile_mode} does nothing: {off}; pass --compile, or leave "
+                             f"--compile-mode out")
         if not self.eval_only:
             check_total_batch(self, world_size)
             if compile_wanted(self.compile, device):
@@ -176,7 +185,8 @@ class TrainConfig:
             check_fsdp(device, self.dtype)
         if self.wandb_project:
             check_wandb_installed()
-        if not is_quickstart_data(self.data_dir):
+        nothing_to_read = self.eval_only and not self.init_from and newest_checkpoint(self.run_dir) is None
+        if not (is_quickstart_data(self.data_dir) or nothing_to_read):  # (evaluate_only says there is nothing)
             check_data_dir(self.data_dir, ("val",) if self.eval_only else ("train", "val"))
 
     def model_name(self) -> str:
@@ -207,11 +217,11 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
-    """--preset picks the defaults, then every flag given overrides its field (--eval-only: and the evaluated
-    run's settings those not given, see evaluated_run_settings); any problem is a usage error."""
+    """--preset picks the defaults, then every flag given overrides its field, then what the given ones imply
+    changes the others (see implied_settings); any problem is a usage error."""
     world_size = Ranks.from_environment().world_size
     return parse_dataclass(TrainConfig, TRAIN_PRESETS, argv, __doc__, lambda cfg: cfg.check(world_size),
-                           evaluated_run_settings)
+                           implied_settings)
 
 
 # What --eval-only takes from the run that wrote the checkpoint it evaluates, where the command does not give it: that
@@ -219,7 +229,11 @@ def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
 EVALUATED_RUN_SETTINGS = ("data_dir", "seq_len", "micro_batch_size", "val_tokens")
 
 
-def evaluated_run_settings(cfg: TrainConfig, given: set[str]) -> None:
+def implied_settings(cfg: TrainConfig, given: set[str]) -> None:
+    """With --init-from, the weights' shape: a preset's --model (the quickstart's mini) counts only if the command
+    gives it. With --eval-only, the evaluated run's evaluation settings where the command does not give them."""
+    if cfg.init_from and "model" not in given:
+        cfg.model = None
     if cfg.eval_only:
         saved = train_config_of(cfg.init_from or cfg.run_dir)
         for name in EVALUATED_RUN_SETTINGS:
@@ -248,6 +262,7 @@ class RunContext:
     dtype: torch.dtype
     log: RunLog
     stop: StopRequest
+    rerun: str = "rerun the same command"  # how to continue from the newest checkpoint (see rerun_advice)
 
     @property
     def grad_accum(self) -> int:
@@ -307,13 +322,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
     hellaswag = load_for_training(cfg.hellaswag_path, cfg.hellaswag_interval)
     # One model, three views (see parallelize): state.model owns the weights (checkpoints, HellaSwag, samples and
     # gradient clipping use it), `forward` runs the fixed-shape passes of validation, `train_model` the train steps.
-    state, forward, train_model = start_or_resume(ctx)
+    state, forward, train_model, resumed = start_or_resume(ctx)
     evaluator = Evaluator(ctx, state.model, forward, hellaswag)
-    checkpoints = CheckpointSchedule(ctx, state)
+    checkpoints = CheckpointSchedule(ctx, state, resumed)
     timer = StepTimer(cfg.total_batch_size, state.model.flops_per_token(cfg.seq_len),
                       peak_flops_of(ctx.device, cfg.peak_flops), ctx.ranks.world_size)
+    per = "GPU" if ctx.device.type == "cuda" else f"{ctx.device.type.upper()} process"
     for line in run_summary(ctx, state, evaluator) + fit_report(ctx.memory_setting(state.model.config),
-                                                                device_memory(ctx.device)):
+                                                                device_memory(ctx.device), per):
         log.note(line)
 
     losses = []
@@ -327,7 +343,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
             break
         timer.start()
         lr = get_lr(state.step, cfg.max_lr, cfg.max_lr * cfg.min_lr_ratio, cfg.warmup_steps, cfg.max_steps)
-        loss, norm = train_step(ctx, state, train_model, lr)
+        try:
+            loss, norm = train_step(ctx, state, train_model, lr)
+        except NonFiniteStep as e:
+            raise checkpoints.diverged(e) from None
         timer.stop(ctx.device)
         losses.append(loss)
         timer.log_step(log, state.step, {"train": loss, "lr": lr, "norm": norm}, cfg.max_steps - state.step - 1)
@@ -363,9 +382,9 @@ def prepare_data(ctx: RunContext) -> None:
     ctx.ranks.barrier()
 
 
-def start_or_resume(ctx: RunContext) -> tuple[TrainState, torch.nn.Module, torch.nn.Module]:
-    """A new run's state, or the newest checkpoint's when there is one, refusing a command that does not fit it;
-    and the model's views for training (forward, train_model: see parallelize)."""
+def start_or_resume(ctx: RunContext) -> tuple[TrainState, torch.nn.Module, torch.nn.Module, Optional[Path]]:
+    """A new run's state, or the newest checkpoint's when there is one, refusing a command or data that does not fit
+    it; the model's views for training (forward, train_model: see parallelize); the checkpoint resumed, if any."""
     cfg, log = ctx.cfg, ctx.log
     if ctx.ranks.master:
         remove_unfinished_checkpoints(cfg.run_dir)  # what a kill during a save left behind
@@ -373,14 +392,17 @@ def start_or_resume(ctx: RunContext) -> tuple[TrainState, torch.nn.Module, torch
             log.note(f"--no-resume: the previous run's {aside[1]} checkpoint(s) and TensorBoard events are set aside "
                      f"in {aside[0]}; this run starts at step 0 and prunes only its own")
     ctx.ranks.barrier()  # no rank looks for checkpoints while they move
-    path, checkpoint = find_resume_checkpoint(cfg, log)
+    data = data_fingerprint(cfg.data_dir)
+    with said_by_the_master(ctx.ranks):
+        path, checkpoint = find_resume_checkpoint(cfg, log)
+        changed = resume_changes(cfg, checkpoint, path) if checkpoint else []
+        data_changes_allowed = data_changed(cfg, checkpoint, path, data) if checkpoint else []
+    if checkpoint and checkpoint["step"] >= cfg.max_steps and checkpoint.get("evaluated", True):
+        raise already_finished(ctx, path, checkpoint)
     if cfg.resume_from and ctx.ranks.master and (aside := set_aside_previous_run(cfg.run_dir, checkpoint["step"],
                                                                                   path)):
         log.note(f"--resume-from {path}: {aside[1]} checkpoint(s) in {cfg.run_dir} of step {checkpoint['step']} and "
                  f"later are set aside in {aside[0]}, so that the run directory holds this run alone")
-    changed = resume_changes(cfg, checkpoint, path) if checkpoint else []
-    if checkpoint and checkpoint["step"] >= cfg.max_steps and checkpoint.get("evaluated", True):
-        raise already_finished(ctx, path, checkpoint)
     model = build_model(cfg, checkpoint, log).to(ctx.device)
     forward, train_model = ctx.parallelize(model)  # under FSDP2 it shards the model: before the optimizer is made
     train_loader = ctx.loader("train", model.config.vocab_size)
@@ -388,18 +410,34 @@ def start_or_resume(ctx: RunContext) -> tuple[TrainState, torch.nn.Module, torch
     optimizer = configure_optimizers(model.parameters(), cfg.weight_decay, cfg.max_lr, ctx.device.type, log.note)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.dtype == torch.float16)  # fp16 only
     state = TrainState(model, optimizer, scaler, train_loader, dataclasses.asdict(cfg),
-                       sharded=cfg.parallel == "fsdp")
+                       sharded=cfg.parallel == "fsdp", data=data, rank=ctx.ranks.rank)
     if checkpoint is not None:
-        load_training_state(state, path, checkpoint)
+        with said_by_the_master(ctx.ranks):
+            resume(state, path, checkpoint, cfg)
         log.note(f"resumed from {path} at step {state.step}")
         if changed:
             log.note(f"changed since the checkpoint: {', '.join(changed)}")
+        if data_changes_allowed:
+            log.note(f"--allow-data-change: resuming on other shards than the checkpoint's: "
+                     f"{'; '.join(data_changes_allowed)}")
     config = {**dataclasses.asdict(cfg), "model_config": dataclasses.asdict(model.config),
               "world_size": ctx.ranks.world_size}
     log.open_metrics(cfg, state.step, checkpoint is not None, config)
     if state.evaluations:  # the curves restart at state.step (see metrics.py), where these evaluations were done
         log.scalars(state.step, state.evaluations)
-    return state, forward, train_model
+    return state, forward, train_model, path
+
+
+@contextlib.contextmanager
+def said_by_the_master(ranks: Ranks) -> Iterator[None]:
+    """Around refusals that every rank reaches alike, reading the same files: the master says it, in one line; the
+    other ranks end silently with the same exit code."""
+    try:
+        yield
+    except (ValueError, FloatingPointError):
+        if ranks.master:
+            raise
+        raise Exit("", 1) from None
 
 
 def already_finished(ctx: RunContext, path: Path, checkpoint: dict[str, Any]) -> Exit:
@@ -410,15 +448,49 @@ def already_finished(ctx: RunContext, path: Path, checkpoint: dict[str, Any]) ->
     return Exit(message if ctx.ranks.master else "", 0)
 
 
+def resumable(path: Path) -> dict[str, Any]:
+    """What a checkpoint a run can continue from holds (see checkpoint.check_training_fields)."""
+    checkpoint = load_checkpoint(path)
+    check_training_fields(checkpoint, path)
+    return checkpoint
+
+
 def find_resume_checkpoint(cfg: TrainConfig, log: RunLog) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
-    """The checkpoint to resume and what it holds: run_dir's newest that loads (a newer one that does not is skipped,
-    said in one line), unless --no-resume; (None, None) for a new run."""
-    if cfg.resume_from:  # the one asked for: one that does not load is an error
-        return Path(cfg.resume_from), load_checkpoint(cfg.resume_from)
-    found = newest_that_loads(cfg.run_dir, load_checkpoint, log.note) if cfg.resume is not False else None
-    if cfg.resume and found is None:
-        raise ValueError(f"--resume: no checkpoint (ckpt_NNNNNN.pt) in {cfg.run_dir}")
+    """The checkpoint to resume and what it holds: run_dir's newest that a run can continue from (a newer one that
+    cannot is skipped, said in one line), unless --no-resume; --resume-from's, a checkpoint or a run directory's
+    newest; (None, None) for a new run."""
+    if cfg.resume_from and not is_run_directory(Path(cfg.resume_from)):  # the one asked for: it must load
+        return Path(cfg.resume_from), resumable(Path(cfg.resume_from))
+    run_dir = cfg.resume_from or cfg.run_dir
+    found = newest_that_loads(run_dir, resumable, log.note) if cfg.resume is not False else None
+    if found is None and (cfg.resume or cfg.resume_from):
+        raise ValueError(f"{'--resume-from' if cfg.resume_from else '--resume'}: no checkpoint (ckpt_NNNNNN.pt or "
+                         f"ckpt_NNNNNN/) in {run_dir}")
+    if found is not None and cfg.resume_from:
+        log.note(f"--resume-from {cfg.resume_from}: its newest checkpoint, {found[0]}")
     return found if found is not None else (None, None)
+
+
+def resume(state: TrainState, path: Path, checkpoint: dict[str, Any], cfg: TrainConfig) -> None:
+    """Continue `state` from the checkpoint; one that holds non-finite values is refused (it was saved after the
+    run had diverged, by a version that did not check), naming the tensor and the checkpoint to go back to."""
+    try:
+        load_training_state(state, path, checkpoint)
+    except FloatingPointError as e:
+        older = [p for p in list_checkpoints(path.parent) if checkpoint_step(p) < checkpoint["step"]]
+        back = f"pass --resume-from {older[-1]} to go back to the one before, or " if older else "pass "
+        raise FloatingPointError(f"{e}; it is not resumed: {back}--no-resume to start over") from None
+
+
+def data_changed(cfg: TrainConfig, checkpoint: dict[str, Any], path: Path, data: dict[str, Any]) -> list[str]:
+    """Refuse, in one line naming the shards, to resume on other data than the checkpoint recorded (a shard
+    replaced, added or removed), unless --allow-data-change: then return the changes, for log.txt."""
+    changes = data_changes(checkpoint.get("data") or {}, data)  # checkpoints before the record: nothing to compare
+    if changes and not cfg.allow_data_change:
+        raise ValueError(f"cannot resume {path}: the shards in {cfg.data_dir} changed since it was saved "
+                         f"({'; '.join(changes)}); put back the shards it read, or pass --allow-data-change to go "
+                         f"on with these")
+    return changes
 
 
 def build_model(cfg: TrainConfig, checkpoint: Optional[dict[str, Any]], log: RunLog) -> GPT:
@@ -492,6 +564,8 @@ def is_quickstart_data(data_dir: str) -> bool:
 
 
 def check_data_dir(data_dir: str, splits: tuple[str, ...]) -> None:
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise ValueError(f"--data-dir {data_dir} is a file, not a directory of shards")
     if not Path(data_dir).exists():
         raise ValueError(f"--data-dir: data directory not found: {data_dir}; make FineWeb-Edu's shards with "
                          f"`python fineweb.py` (README: The real run), or start with the bundled corpus: "
@@ -530,7 +604,7 @@ def check_fits_weights(cfg: TrainConfig, weights: GPTConfig) -> None:
 # Flags that, changed on resume, would change the model or the stream of training data: refused. The model's shape
 # (--model, --vocab-size) is compared with the checkpoint's model config instead.
 RESUME_FIXED = ("init_from", "seq_len", "total_batch_size", "data_dir", "shuffle", "shuffle_documents", "dropout")
-RESUME_IGNORED = ("model", "vocab_size", *SHAPE_FLAGS, "resume", "resume_from", "run_dir")
+RESUME_IGNORED = ("model", "vocab_size", *SHAPE_FLAGS, "resume", "resume_from", "run_dir", "allow_data_change")
 
 
 def resume_changes(cfg: TrainConfig, checkpoint: dict[str, Any], path: Path) -> list[str]:
@@ -588,22 +662,20 @@ def train_step(ctx: RunContext, state: TrainState, train_model: torch.nn.Module,
     norm = clip_grad_norm(state.model.parameters(), cfg.grad_clip or float("inf"))
     loss_value, norm_value = loss_sum.item(), norm.item()
     if not (math.isfinite(loss_value) and math.isfinite(norm_value)) and not scaler.is_enabled():
-        raise diverged(ctx, state.step, loss_value, norm_value)
+        raise NonFiniteStep(state.step, loss_value, norm_value)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss_value, norm_value
 
 
-def diverged(ctx: RunContext, step: int, loss: float, norm: float) -> FloatingPointError:
-    """The error a non-finite loss or gradient norm ends the run with, true about the checkpoints (also logged)."""
-    newest = newest_checkpoint(ctx.cfg.run_dir)
-    kept = f"The newest checkpoint, {newest}, is intact" if newest else "No checkpoint had been written yet"
-    what = " and ".join(f"{name} {value}" for name, value in (("loss", loss), ("gradient norm", norm))
-                        if not math.isfinite(value))
-    message = f"step {step}: non-finite {what}; stopped before the update. {kept}; try a lower --max-lr or more warmup"
-    ctx.log.comment(message)
-    return FloatingPointError(message)
+class NonFiniteStep(FloatingPointError):
+    """A train step whose loss or gradient norm is not finite: 'step 7: non-finite loss nan and gradient norm nan'."""
+
+    def __init__(self, step: int, loss: float, norm: float):
+        what = " and ".join(f"{name} {value}" for name, value in (("loss", loss), ("gradient norm", norm))
+                            if not math.isfinite(value))
+        super().__init__(f"step {step}: non-finite {what}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -768,33 +840,69 @@ def describe_hellaswag(scalars: dict[str, float]) -> str:
 
 class CheckpointSchedule:
     """When a checkpoint is written: every --checkpoint-interval steps, every --checkpoint-minutes (the master's
-    clock), at the end and on a stop request; never twice for the same progress, never for step 0."""
+    monotonic clock, which no NTP step or VM resume turns back), at the end and on a stop request; never twice for the
+    same progress, never for step 0, never of non-finite state. The end's supersedes those written for a crash or a
+    stop: they go."""
 
-    def __init__(self, ctx: RunContext, state: TrainState):
-        self.ctx, self.last_time = ctx, time.time()
+    def __init__(self, ctx: RunContext, state: TrainState, resumed: Optional[Path]):
+        self.ctx, self.last_time = ctx, time.monotonic()
         # the progress of the newest checkpoint, written or resumed from (a state past step 0 was resumed)
         self.saved: Optional[Progress] = state.progress() if state.step > 0 else None
+        self.checked = resumed  # the newest checkpoint whose values this run checked finite (written or resumed)
 
     def at_boundary(self, state: TrainState, last: bool) -> bool:
         """At a step boundary, write a checkpoint if one is due; return whether the run stops here. Every rank
         decides the same, in the boundary's one collective."""
         cfg, ranks = self.ctx.cfg, self.ctx.ranks
         minutes_due = ranks.master and cfg.checkpoint_minutes > 0 and \
-            time.time() - self.last_time >= 60 * cfg.checkpoint_minutes
+            time.monotonic() - self.last_time >= 60 * cfg.checkpoint_minutes
         stopping, minutes_due = ranks.any_rank(self.ctx.stop.requested, minutes_due)
         wanted = last or stopping or minutes_due or due(cfg.checkpoint_interval, state.step, last)
         if wanted and state.step > 0 and self.saved != state.progress():
-            self.save(state)
+            self.save(state, last)
         return stopping
 
-    def save(self, state: TrainState) -> None:
+    def save(self, state: TrainState, last: bool) -> None:
         """Write the checkpoint atomically (see save_training_state) and prune the oldest beyond
-        --keep-checkpoints."""
-        cfg, log = self.ctx.cfg, self.ctx.log
-        path = save_training_state(state, cfg.run_dir, cfg.keep_checkpoints, self.ctx.ranks.master)
+        --keep-checkpoints; at the end, the superseded ones too. Non-finite state is not written: the run ends."""
+        cfg, log, ranks = self.ctx.cfg, self.ctx.log, self.ctx.ranks
+        bad = [f"{what} on rank {rank}" if ranks.enabled else what
+               for rank, what in enumerate(ranks.gather(first_non_finite(state.model, state.optimizer))) if what]
+        if bad:
+            raise self.failure(FloatingPointError(
+                f"step {state.step}: non-finite values in {bad[0]}; the checkpoint is not written. "
+                f"{self.kept()}; try a lower --max-lr or more warmup"))
+        try:
+            same_step = self.saved is not None and self.saved.step == state.step  # its evaluations since done
+            path = save_training_state(state, cfg.run_dir, cfg.keep_checkpoints, ranks, tensors_saved=same_step)
+        except CheckpointWriteError as e:
+            raise self.failure(CheckpointWriteError(f"{e}; once it can be written, {self.ctx.rerun} to continue"))
         log.note(f"saved checkpoint {path}")
         log.flush_metrics()  # the curves as far as the checkpoint, whatever happens next
-        self.saved, self.last_time = state.progress(), time.time()
+        self.saved, self.last_time, self.checked = state.progress(), time.monotonic(), path
+        if last and ranks.master:
+            remove_superseded_checkpoints(cfg.run_dir, state.step, cfg.checkpoint_interval)
+
+    def kept(self) -> str:
+        """What a run that ends in a fault leaves: 'The newest checkpoint, X, is intact (checked finite)', said only
+        of one this run checked."""
+        newest = newest_checkpoint(self.ctx.cfg.run_dir)
+        if newest is None:
+            return "No checkpoint had been written yet"
+        if newest == self.checked:
+            return f"The newest checkpoint, {newest}, is intact (its values were checked finite)"
+        return f"The newest checkpoint is {newest}, which this run has not checked"
+
+    def failure(self, error: Exception) -> Exception:
+        """A fault the run ends with, in log.txt too; said by the master (the other ranks end silently with its
+        code)."""
+        self.ctx.log.comment(str(error))
+        return error if self.ctx.ranks.master else Exit("", 1)
+
+    def diverged(self, step: "NonFiniteStep") -> Exception:
+        """The end of a run whose loss or gradient norm is not finite, true about the checkpoints."""
+        return self.failure(FloatingPointError(f"{step}; stopped before the update. {self.kept()}; try a lower "
+                                               f"--max-lr or more warmup"))
 
     def stopped(self, state: TrainState) -> Exit:
         """The one line a stopped run ends with, also in log.txt; no rank leaves before the checkpoint is written."""
@@ -803,7 +911,7 @@ class CheckpointSchedule:
             where = "before the first step; nothing to save"
         else:
             path = checkpoint_path(self.ctx.cfg.run_dir, self.saved.step, state.sharded)
-            where = f"at step {state.step}; checkpoint {path}; {rerun_advice(self.ctx.cfg)} to continue"
+            where = f"at step {state.step}; checkpoint {path}; {self.ctx.rerun} to continue"
         ending = self.ctx.stop.ending(where, shown=self.ctx.ranks.master)
         self.ctx.log.comment(str(ending))
         return ending
@@ -822,8 +930,7 @@ def evaluate_only(ctx: RunContext) -> dict[str, Any]:
     elif found := newest_that_loads(cfg.run_dir, model_at, ctx.log.note):  # named: the evaluation line says which
         init, model = str(found[0]), found[1]
     else:
-        raise ValueError(f"--eval-only: nothing to evaluate; pass --init-from (a hub name, HF directory, checkpoint "
-                         f"or run directory), or a --run-dir with checkpoints ({cfg.run_dir} has none)")
+        raise nothing_to_evaluate(cfg)
     prepare_data(ctx)
     hellaswag = load_for_training(cfg.hellaswag_path, cfg.hellaswag_interval)
     model = model.to(ctx.device)
@@ -835,7 +942,9 @@ def evaluate_only(ctx: RunContext) -> dict[str, Any]:
     val_loss, acc_norm = scalars["val/loss"], scalars.get("hellaswag/acc_norm")
     hella = f"{describe_hellaswag(scalars)} on {len(evaluator.examples):,} examples" if acc_norm is not None \
         else f"HellaSwag {evaluator.hellaswag_status}"
-    ctx.log.comment(f"eval-only at {utc_now()}, config {json.dumps(dataclasses.asdict(cfg))}")
+    ctx.log.comment(f"eval-only at {utc_now()} of {init}: model {json.dumps(dataclasses.asdict(model.config))}, "
+                    f"trained with {json.dumps(train_config_of(init) or None)}, evaluated with "
+                    f"{json.dumps({name: getattr(cfg, name) for name in EVALUATION_SETTINGS})}")
     ctx.log.note(f"eval-only {init}: val loss {val_loss:.4f} on {evaluator.val_tokens:,} tokens of {cfg.data_dir}; "
                  f"{hella}")
     return {"val_loss": val_loss, "hellaswag": acc_norm, "init": init}
@@ -843,13 +952,35 @@ def evaluate_only(ctx: RunContext) -> dict[str, Any]:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run cfg in this process, alone or as one rank of a torchrun job, holding the run directory (see
-    holding_run_dir). SIGINT and SIGTERM are stop requests while it runs (see StopRequest)."""
-    ranks = Ranks.from_environment()
-    with StopRequest() as stop, process_group(ranks, cfg.device, cfg.dist_timeout, rerun_advice(cfg)) as device, \
+    holding_run_dir). SIGINT, SIGTERM and SIGHUP are stop requests while it runs, and under torchrun the end of its
+    agent too (see StopRequest)."""
+    ranks, rerun = Ranks.from_environment(), rerun_advice(cfg)
+    cfg, restarted = first_start_only(cfg)
+    with StopRequest(watch_parent=under_torchrun()) as stop, \
+            process_group(ranks, cfg.device, cfg.dist_timeout, rerun) as device, \
             holding_run_dir(cfg, ranks), RunLog(Path(cfg.run_dir), ranks.master) as log:
         allow_tf32(device)
-        ctx = RunContext(cfg, ranks, device, pick_dtype(device, cfg.dtype), log, stop)
+        if restarted:
+            log.note(restarted)
+        ctx = RunContext(cfg, ranks, device, pick_dtype(device, cfg.dtype), log, stop, rerun)
         return (evaluate_only if cfg.eval_only else run)(ctx)
+
+
+def first_start_only(cfg: TrainConfig) -> tuple[TrainConfig, Optional[str]]:
+    """--no-resume and --resume-from act on the first start of a run. A launcher's restart of the same command
+    (torchrun --max-restarts) resumes from the run directory's newest checkpoint instead, or from --resume-from's
+    while the run has written none. Return the config to run and, on a restart, the line that says so."""
+    restart = launcher_restart()
+    if restart is None or cfg.eval_only:
+        return cfg, None
+    if cfg.resume is False:  # (--resume-from and --no-resume together are refused)
+        first_only, cfg = "--no-resume", dataclasses.replace(cfg, resume=None)
+    elif cfg.resume_from and newest_checkpoint(cfg.run_dir) is not None:
+        first_only, cfg = "--resume-from", dataclasses.replace(cfg, resume_from="")
+    else:
+        return cfg, f"{restart}; the run continues from its newest checkpoint"
+    return cfg, (f"{restart}: {first_only} acts on the run's first start only; this start resumes from the newest "
+                 f"checkpoint in {cfg.run_dir}")
 
 
 @contextlib.contextmanager
@@ -870,6 +1001,17 @@ def holding_run_dir(cfg: TrainConfig, ranks: Ranks) -> Iterator[None]:
         if ranks.any_rank(refusal is not None)[0]:
             raise refusal or Exit("", 1)  # the master says why
         yield
+
+
+# What an --eval-only result depends on, recorded beside it in log.txt.
+EVALUATION_SETTINGS = (*EVALUATED_RUN_SETTINGS, "hellaswag_path", "hellaswag_interval", "dtype", "attention",
+                       "loss_chunk_size", "seed")
+
+
+def nothing_to_evaluate(cfg: TrainConfig) -> ValueError:
+    return ValueError(f"--eval-only: nothing to evaluate: {cfg.run_dir} holds no checkpoint (ckpt_NNNNNN.pt or "
+                      f"ckpt_NNNNNN/); pass --init-from (a hub name, HF directory, checkpoint or run directory), or "
+                      f"the --run-dir of a run with checkpoints")
 
 
 def rerun_advice(cfg: TrainConfig) -> str:

@@ -6,6 +6,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,22 @@ from tokenizer import N_VOCAB  # noqa: E402
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped elsewhere); run them alone with -m cuda")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def sigint_as_a_terminal_sends_it():
+    """The tests send SIGINT (a terminal's Ctrl-C) to themselves and to the commands they start: they must not
+    depend on the disposition the test run inherited (`nohup ... &` and a script's `cmd &` start it with SIGINT
+    ignored, which a command keeps). Python's own handler here; the commands started get the default."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def default_dispositions():
+    """preexec_fn of a command that must meet SIGINT and SIGHUP as a terminal's would, whatever the test run's."""
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 # torch.compile on the CPU (inductor) builds C++ kernels
@@ -132,6 +149,7 @@ def run_cli_main(main, argv, capsys):
 def torchrun(args, nproc=2, env=None, **popen):
     """train_gpt2.py under torchrun with `nproc` CPU ranks (gloo), one thread each; `env`: more variables."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    popen.setdefault("preexec_fn", default_dispositions)
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                              "train_gpt2.py", *args], cwd=ROOT, env=env, text=True, **popen)
 

@@ -123,3 +123,31 @@ def test_harness_py_runs_the_harness_on_a_checkpoint_with_a_local_task(tiny_chec
     model = model_from_checkpoint(load_checkpoint(tiny_checkpoint)).eval()
     counts = hellaswag.score_examples(model, hellaswag.load_examples(path=str(data)), torch.device("cpu"))
     assert report["acc_norm,none"] == pytest.approx(counts["harness_acc_norm_correct"] / 40)
+
+
+def test_harness_py_names_an_unknown_task_in_one_line_before_it_exports_anything(tiny_checkpoint, tmp_path):
+    result = subprocess.run([sys.executable, "harness.py", "--init", str(tiny_checkpoint), "--tasks",
+                             "hellaswag,hellaswagg"], cwd=ROOT, env=offline(tmp_path), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 1 and "exported" not in result.stdout, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "harness.py: error: --tasks: lm-evaluation-harness has no task 'hellaswagg'; did you mean hellaswag"), lines
+
+
+def test_a_failure_of_lm_eval_is_one_line_naming_its_error(capfd):
+    """What lm_eval prints before its traceback is shown as it comes; the traceback becomes the one line of its
+    error (a stand-in command that fails as lm_eval does, with a task whose data file is not there)."""
+    from cli import Exit
+    from harness import run_harness
+
+    failing = [sys.executable, "-c", "import sys; print('loading tasks', file=sys.stderr); "
+                                     "open('/no/such/hellaswag_val.jsonl')"]
+    with pytest.raises(Exit) as e:
+        run_harness(failing)
+    assert e.value.code == 1 and str(e.value) == (
+        "error: lm_eval failed (exit code 1): FileNotFoundError: [Errno 2] No such file or directory: "
+        "'/no/such/hellaswag_val.jsonl'")
+    err = capfd.readouterr().err
+    assert "loading tasks" in err and "Traceback" not in err
+    run_harness([sys.executable, "-c", "print('fine')"])  # a success says nothing of its own

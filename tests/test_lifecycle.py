@@ -136,11 +136,16 @@ def test_stale_temporary_files_of_a_killed_save_are_removed_at_the_next_start(sh
     assert not any(p.exists() for p in stale) and (tmp_path / "notes.tmp").exists()
 
 
-def test_checkpoints_by_time(shards, tmp_path):
-    # a checkpoint whenever the minutes have passed since the last one: here at every step boundary
+@pytest.mark.parametrize("interval,kept", [(0, ["ckpt_000004.pt"]), (2, ["ckpt_000002.pt", "ckpt_000004.pt"])])
+def test_checkpoints_by_time_and_the_end_supersedes_them(shards, tmp_path, interval, kept):
+    """A checkpoint whenever the minutes have passed since the last one: here at every step boundary. They insure
+    against a crash; the end's checkpoint supersedes them (the quickstart kept a 15-minute one beside its final one),
+    and those of --checkpoint-interval stay (--keep-checkpoints 3 pruned step 1 already)."""
     train(parse_config(stop_args(shards, tmp_path, "--max-steps", "4", "--checkpoint-minutes", "1e-6",
-                                 "--keep-checkpoints", "3")))
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_000002.pt", "ckpt_000003.pt", "ckpt_000004.pt"]
+                                 "--keep-checkpoints", "3", "--checkpoint-interval", str(interval))))
+    saved = re.findall(r"# saved checkpoint \S+(ckpt_\d+\.pt)", (tmp_path / "log.txt").read_text())
+    assert saved == ["ckpt_000001.pt", "ckpt_000002.pt", "ckpt_000003.pt", "ckpt_000004.pt"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == kept
 
 
 def test_signals_at_random_moments_of_the_command(shards, tmp_path, reference):

@@ -440,18 +440,35 @@ def test_decoding_from_bf16_weights_is_within_bf16_tolerance_of_fp32():
 
 
 @pytest.mark.skipif(not HAS_CXX, reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_decoding_keeps_a_graph_per_batch_size_past_the_recompile_limit(monkeypatch):
+def test_compiled_decoding_keeps_a_graph_per_batch_size_past_the_recompile_limit():
     """With torch.compile's recompile limit at 1, three batch sizes (three graphs on the CPU: a batch of one, then
     two others whose size differs from the first's compiled shape) still decode compiled, with the eager tokens.
     Before, the second one failed (torch 2.13, fullgraph: "recompile limit exceeded") or ran eagerly."""
     from devices import graphs_compiled
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
     before = graphs_compiled()
-    for batch in (1, 2, 3):
-        prompt = torch.randint(0, 64, (batch, 3))
-        eager = model.generate(prompt, 4, temperature=0)
-        assert torch.equal(model.generate(prompt, 4, temperature=0, compile=True), eager)
-    assert graphs_compiled() - before >= 2 and torch._dynamo.config.recompile_limit == 1
+    # torch's own scoped patch, which restores the value it found: pytest 9.2's monkeypatch undoes a setattr on
+    # torch's config module by deleting the attribute, and every later compiled decode then failed
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for batch in (1, 2, 3):
+            prompt = torch.randint(0, 64, (batch, 3))
+            eager = model.generate(prompt, 4, temperature=0)
+            assert torch.equal(model.generate(prompt, 4, temperature=0, compile=True), eager)
+        assert graphs_compiled() - before >= 2 and torch._dynamo.config.recompile_limit == 1
+
+
+def test_recompile_room_leaves_torchs_limit_where_this_torch_has_no_such_setting(monkeypatch):
+    """A torch whose config has neither recompile_limit nor cache_size_limit (or one whose attribute a test tool
+    deleted): the room is a no-op, not an AttributeError in every compiled decode."""
+    from types import SimpleNamespace
+
+    from devices import recompile_room
+
+    monkeypatch.setattr(torch._dynamo, "config", SimpleNamespace(patch=None))
+    with recompile_room(64):
+        pass
+    # torch < 2.7's name: the patch asked for is of that setting (this fake's patch returns what it was asked)
+    monkeypatch.setattr(torch._dynamo, "config", SimpleNamespace(cache_size_limit=8, patch=lambda **changes: changes))
+    assert recompile_room(64) == {"cache_size_limit": 64}

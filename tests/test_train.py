@@ -220,10 +220,15 @@ def test_bad_flags_give_one_line_errors(shards, tmp_path, extra, message, capsys
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
-def test_cuda_graph_modes_are_accepted_with_one_micro_step_or_without_compilation(shards, tmp_path):
+def test_cuda_graph_modes_are_accepted_with_one_micro_step_and_a_mode_without_compilation_is_refused(
+        shards, tmp_path, capsys):
     one_micro_step = ["--total-batch-size", "128", "--compile", "--compile-mode", "reduce-overhead"]
     assert parse_config(tiny_args(shards, tmp_path, *one_micro_step)).compile_mode == "reduce-overhead"
-    assert parse_config(tiny_args(shards, tmp_path, "--compile-mode", "max-autotune")).compile is None  # CPU: off
+    for off, why in ([], "compile is off by default on cpu"), (["--no-compile"], "--no-compile is given"):
+        with pytest.raises(SystemExit) as e:
+            parse_config(tiny_args(shards, tmp_path, "--compile-mode", "max-autotune", *off))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"--compile-mode max-autotune does nothing: {why}" in err, err
 
 
 def test_validation_computes_the_loss_as_training_does(shards, tmp_path, monkeypatch):
