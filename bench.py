@@ -26,16 +26,17 @@ from typing import Any, Callable, Optional
 import torch
 
 from checkpoint import load_model
-from cli import ArgumentParser, first_line, non_negative_float, non_negative_int, positive_int, run_cli
+from cli import each, first_line, non_negative, option, parse_subcommand, positive, run_cli
 from devices import (
     ATTENTION_BACKENDS,
     COMPILE_MODES,
+    DEVICE_FLAG,
+    DTYPE_FLAG,
     INFERENCE_DTYPE_HELP,
     TRAIN_DTYPE_HELP,
-    add_device_flags,
     allow_tf32,
     autocast,
-    check_attention_backend,
+    check_device,
     compile_model,
     compile_wanted,
     device_and_dtype,
@@ -350,6 +351,9 @@ def bench_generate(args) -> None:
             "ours, KV cache": lambda **kw: model.generate(prompt, args.tokens, temperature=0, **kw),
             "ours, cache-free": lambda **kw: model.generate(prompt, args.tokens, temperature=0, use_cache=False, **kw),
         }
+        if args.whole_cache:
+            runs["ours, KV cache, whole cache"] = lambda **kw: model.generate(prompt, args.tokens, temperature=0,
+                                                                              static=True, **kw)
         if args.compile:
             runs["ours, KV cache, compiled"] = lambda **kw: model.generate(prompt, args.tokens, temperature=0,
                                                                            compile=True, **kw)
@@ -428,73 +432,169 @@ def bench_data(args) -> None:
     report(f"cpu, {len(docs)} documents", rows, ["impl", "tokens", "tokens_per_s", "ms_per_batch"], ratios, args.json)
 
 
-def parse_args(argv: Optional[list[str]] = None):
-    parser = ArgumentParser(description=first_line(__doc__))
-    sub = parser.add_subparsers(dest="what", required=True, metavar="{train,generate,data}",
-                                help="what to measure (each has its own -h)")
+def optimizer_run(args: Any, optimizer: str, lr: float, seed: int) -> dict[str, Any]:
+    """One train_gpt2.py run of the preset (in a directory of its own, removed after): its val curve ({tokens:
+    loss}), final val loss and median step time."""
+    from train_gpt2 import parse_config, train
 
-    train = sub.add_parser("train", help="training step throughput, MFU and peak memory")
-    train.add_argument("--model", "--preset", dest="model", default=None,
-                       help="a model.PRESETS shape (default: gpt2 on CUDA, mini elsewhere)")
-    train.add_argument("-B", "--batch-size", "--micro-batch-size", dest="batch_size", type=positive_int, default=None,
-                       help="sequences per step (default: 64 on CUDA, 8 elsewhere)")
-    train.add_argument("-T", "--seq-len", type=positive_int, default=None, help="default: 1024 on CUDA, 128 elsewhere")
-    train.add_argument("--vocab-size", type=positive_int, default=PADDED_VOCAB_SIZE,
-                       help=f"as in training: {N_VOCAB:,} padded to a multiple of 128")
-    train.add_argument("--compile", action="store_true", default=None, help="torch.compile (default: on CUDA)")
-    train.add_argument("--no-compile", dest="compile", action="store_false")
-    train.add_argument("--warmup", type=non_negative_int, default=3, help="untimed steps first (compilation)")
-    train.add_argument("--repeats", type=positive_int, default=10, help="timed steps; the median is reported")
-    train.add_argument("--peak-flops", type=non_negative_float, default=0.0,
-                       help="peak FLOP/s of the device for MFU (0: known GPUs only)")
-    train.add_argument("--compare-hf", action="store_true",
-                       help="also time transformers' GPT2LMHeadModel (steps interleaved with ours)")
-    train.add_argument("--loss-chunk-size", type=non_negative_int, default=0,
-                       help="as train_gpt2.py's: the loss fused with the output projection, in chunks (0: off)")
-    train.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="SDPA kernel, as in training")
-    train.add_argument("--compile-mode", default="default", choices=COMPILE_MODES, help="torch.compile mode")
-    train.add_argument("--sweep", action="store_true",
-                       help="every lever, and the combinations that make sense, beside the flags' setting, timed "
-                            "interleaved: tokens/s, MFU, peak memory, compile seconds, loss on a fixed batch")
+    with tempfile.TemporaryDirectory(prefix="bench-optimizer-") as run_dir:
+        flags = ["--preset", args.preset, "--optimizer", optimizer, "--seed", str(seed), "--run-dir", run_dir,
+                 "--eval-interval", str(args.eval_interval), "--sample-interval", "0", "--hellaswag-interval", "0",
+                 "--checkpoint-interval", "0", "--checkpoint-minutes", "0", "--no-tensorboard",
+                 "--max-lr" if optimizer == "adamw" else "--muon-lr", str(lr)]
+        flags += ["--model", args.model] if args.model else []
+        flags += ["--max-steps", str(args.max_steps)] if args.max_steps else []
+        cfg = parse_config(flags)
+        result = train(cfg)
+        curve = {}
+        for line in (Path(run_dir) / "log.txt").read_text().splitlines():
+            step, kind, value = (line.split() + ["", ""])[:3]
+            if kind == "val":
+                curve[int(step) * cfg.total_batch_size] = float(value)
+    progress(f"{optimizer} lr {lr:g} seed {seed}: val {result['val_loss']:.4f}")
+    step_ms = 1000 * statistics.median(result["step_times"][1:])  # the first step includes the warm-up
+    return {"curve": curve, "val": result["val_loss"], "ms_per_step": step_ms}
 
-    gen = sub.add_parser("generate", help="sampling throughput with and without the KV cache")
-    gen.add_argument("--model", "--preset", dest="model", default=None,
-                     help="a model.PRESETS shape, random weights (default: gpt2 on CUDA, small elsewhere)")
-    gen.add_argument("--init", default="", help="or real weights: checkpoint, HF directory or hub name")
-    gen.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8], help="batch sizes to measure")
-    gen.add_argument("--prompt-len", type=positive_int, default=8, help="prompt tokens")
-    gen.add_argument("--tokens", type=positive_int, default=None,
-                     help="new tokens per sequence (default: 256 on CUDA, 64 elsewhere)")
-    gen.add_argument("--repeats", type=positive_int, default=3, help="timed runs; the median is reported")
-    gen.add_argument("--compare-hf", action="store_true", help="also time transformers' generate (greedy, cached)")
-    gen.add_argument("--compile", action="store_true",
-                     help="also time the compiled decoding step (CUDA graphs on a GPU; compiled once, in the warm-up)")
 
-    data = sub.add_parser("data", help="tokenizer pipeline and data loader throughput")
-    data.add_argument("--input", nargs="+", help="text files (default: the bundled corpus)")
-    data.add_argument("--copies", type=positive_int, default=8, help="repeat the documents this many times")
-    data.add_argument("--workers", type=positive_int, default=2, help="fineweb.py's tokenizer processes")
-    data.add_argument("--batch-size", type=positive_int, default=16, help="B of the data loader's batches")
-    data.add_argument("--seq-len", type=positive_int, default=1024, help="T of the data loader's batches")
+def tokens_to_reach(curve: dict[int, float], target: float) -> Optional[float]:
+    """The tokens at which a val curve first reaches `target`, interpolated between evaluations; None if never."""
+    points = sorted(curve.items())
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        if v1 <= target:
+            return t1 if v0 == v1 else t0 + (t1 - t0) * (v0 - target) / (v0 - v1)
+    return None
 
-    add_device_flags(train, TRAIN_DTYPE_HELP)
-    add_device_flags(gen, INFERENCE_DTYPE_HELP)
-    for p in (train, gen, data):
-        p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
-    args = parser.parse_args(argv)
-    if args.what in ("train", "generate"):
-        args.device, args.dtype = device_and_dtype(parser, args.device, args.dtype)
-    if args.what == "train":
-        try:
-            check_attention_backend(args.attention, args.device)
-        except ValueError as e:
-            parser.error(str(e))
+
+def bench_optimizers(args) -> None:
+    """Each optimizer's learning rate swept on the first seed, then its best one on every seed; AdamW's mean final
+    val loss is the target that Muon's curves are read against."""
+    best, runs = {}, {}
+    for optimizer, lrs in (("adamw", args.adamw_lr), ("muon", args.muon_lr)):
+        sweep = {lr: optimizer_run(args, optimizer, lr, args.seeds[0]) for lr in lrs}
+        best[optimizer] = min(sweep, key=lambda lr: sweep[lr]["val"])
+        runs[optimizer] = [sweep[best[optimizer]]] + [optimizer_run(args, optimizer, best[optimizer], seed)
+                                                      for seed in args.seeds[1:]]
+        for lr, run in sweep.items():
+            progress(f"sweep: {optimizer} lr {lr:g}: final val {run['val']:.4f}")
+    target = statistics.mean(run["val"] for run in runs["adamw"])
+    total = max(runs["adamw"][0]["curve"])
+    rows = []
+    for optimizer in ("adamw", "muon"):
+        vals = [run["val"] for run in runs[optimizer]]
+        reach = [tokens_to_reach(run["curve"], target) for run in runs[optimizer]]
+        rows.append({"bench": "optimizers", "optimizer": optimizer, "lr": best[optimizer], "seeds": len(vals),
+                     "val_mean": statistics.mean(vals), "val_min": min(vals), "val_max": max(vals),
+                     "tokens_to_adamw_final": statistics.mean(reach) if None not in reach else None,
+                     "ms_per_step": statistics.median(run["ms_per_step"] for run in runs[optimizer])})
+    muon, adamw = rows[1], rows[0]
+    ratios = {"muon / adamw step time": muon["ms_per_step"] / adamw["ms_per_step"]}
+    if muon["tokens_to_adamw_final"]:
+        ratios[f"adamw's tokens / muon's, to val {target:.4f} (goal >= 1.3)"] = total / muon["tokens_to_adamw_final"]
+    report(f"{args.preset}{' ' + args.model if args.model else ''}, {total:,} tokens, seeds {args.seeds}", rows,
+           ["optimizer", "lr", "seeds", "val_mean", "val_min", "val_max", "tokens_to_adamw_final", "ms_per_step"],
+           ratios, args.json)
+
+
+@dataclass
+class TrainBench:
+    """bench.py train: every field is a flag (--field-name), some with other names (-B, -T)."""
+
+    model: Optional[str] = option(None, "a model.PRESETS shape (when not given: gpt2 on CUDA, mini elsewhere)",
+                                  aliases=("--preset",))
+    batch_size: Optional[int] = option(None, "sequences per step (when not given: 64 on CUDA, 8 elsewhere)",
+                                       positive, aliases=("-B", "--micro-batch-size"))
+    seq_len: Optional[int] = option(None, "tokens per sequence (when not given: 1024 on CUDA, 128 elsewhere)",
+                                    positive, aliases=("-T",))
+    vocab_size: int = option(PADDED_VOCAB_SIZE, f"as in training: {N_VOCAB:,} padded to a multiple of 128", positive)
+    compile: Optional[bool] = option(None, "torch.compile (when not given: on CUDA)")
+    warmup: int = option(3, "untimed steps first (compilation)", non_negative)
+    repeats: int = option(10, "timed steps; the median is reported", positive)
+    peak_flops: float = option(0.0, "peak FLOP/s of the device for MFU (0: known GPUs only)", non_negative)
+    compare_hf: bool = option(False, "also time transformers' GPT2LMHeadModel (steps interleaved with ours)",
+                              action="store_true")
+    loss_chunk_size: int = option(0, "as train_gpt2.py's: the loss fused with the output projection, in chunks (0: "
+                                     "off)", non_negative)
+    attention: str = option("auto", "SDPA kernel, as in training", choices=ATTENTION_BACKENDS)
+    compile_mode: str = option("default", "torch.compile mode", choices=COMPILE_MODES)
+    sweep: bool = option(False, "every lever, and the combinations that make sense, beside the flags' setting, "
+                                "timed interleaved", action="store_true")
+    device: str = option(**DEVICE_FLAG)  # a torch.device once parse_args has resolved it
+    dtype: str = option(**{**DTYPE_FLAG, "help": TRAIN_DTYPE_HELP})  # a torch.dtype once resolved
+    json: bool = option(False, "one JSON object instead of the table", action="store_true")
+
+
+@dataclass
+class GenerateBench:
+    """bench.py generate: every field is a flag (--field-name)."""
+
+    model: Optional[str] = option(None, "a model.PRESETS shape, random weights (when not given: gpt2 on CUDA, small "
+                                        "elsewhere)", aliases=("--preset",))
+    init: str = option("", "or real weights: checkpoint, HF directory or hub name")
+    batch: list[int] = option([1, 8], "batch sizes to measure", each(positive), nargs="+")
+    prompt_len: int = option(8, "prompt tokens", positive)
+    tokens: Optional[int] = option(None, "new tokens per sequence (when not given: 256 on CUDA, 64 elsewhere)",
+                                   positive)
+    repeats: int = option(3, "timed runs; the median is reported", positive)
+    compare_hf: bool = option(False, "also time transformers' generate (greedy, cached)", action="store_true")
+    compile: bool = option(False, "also time the compiled decoding step (CUDA graphs on a GPU; compiled once, in the "
+                                  "warm-up)", action="store_true")
+    whole_cache: bool = option(False, "also time decoding that attends to the whole cache under the mask, as the "
+                                      "compiled CUDA step does, beside the filled positions only",
+                               action="store_true")
+    device: str = option(**DEVICE_FLAG)  # a torch.device once parse_args has resolved it
+    dtype: str = option(**{**DTYPE_FLAG, "help": INFERENCE_DTYPE_HELP})  # a torch.dtype once resolved
+    json: bool = option(False, "one JSON object instead of the table", action="store_true")
+
+
+@dataclass
+class DataBench:
+    """bench.py data: every field is a flag (--field-name)."""
+
+    input: Optional[list[str]] = option(None, "text files (when not given: the bundled corpus)", nargs="+")
+    copies: int = option(8, "repeat the documents this many times", positive)
+    workers: int = option(2, "fineweb.py's tokenizer processes", positive)
+    batch_size: int = option(16, "B of the data loader's batches", positive)
+    seq_len: int = option(1024, "T of the data loader's batches", positive)
+    json: bool = option(False, "one JSON object instead of the table", action="store_true")
+
+
+@dataclass
+class OptimizerBench:
+    """bench.py optimizers: every field is a flag (--field-name)."""
+
+    preset: str = option("quickstart", "the train_gpt2.py preset trained: its data, schedule and length")
+    model: Optional[str] = option(None, "another shape (model.PRESETS) in the preset's run")
+    max_steps: Optional[int] = option(None, "steps of each run (when not given, the preset's)", positive)
+    seeds: list[int] = option([1337, 1338, 1339], "the seeds of the model init, each a run per optimizer", nargs="+")
+    adamw_lr: list[float] = option([5e-4, 1e-3, 2e-3, 4e-3], "AdamW peak learning rates swept (first seed)",
+                                   each(positive), nargs="+")
+    muon_lr: list[float] = option([1e-3, 2e-3, 3e-3, 6e-3], "Muon peak learning rates swept (first seed)",
+                                  each(positive), nargs="+")
+    eval_interval: int = option(10, "steps between val losses, the curve that says when Muon reaches AdamW's final",
+                                positive)
+    json: bool = option(False, "one JSON object instead of the table", action="store_true")
+
+
+BENCHES = {"train": (TrainBench, "training step throughput, MFU and peak memory"),
+           "generate": (GenerateBench, "sampling throughput with and without the KV cache"),
+           "data": (DataBench, "tokenizer pipeline and data loader throughput"),
+           "optimizers": (OptimizerBench, "--optimizer adamw against muon, each at its best learning rate, over seeds")}
+
+
+def parse_args(argv: Optional[list[str]] = None) -> Any:
+    """The subcommand's config, its device and dtype resolved (a usage error for one this machine cannot run)."""
+    _, args = parse_subcommand(BENCHES, argv, first_line(__doc__))
+    if isinstance(args, (TrainBench, GenerateBench)):
+        args.device, args.dtype = device_and_dtype(args.device, args.dtype)
+    if isinstance(args, TrainBench):
+        check_device(str(args.device), "auto", args.attention)
     return args
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
-    {"train": bench_train, "generate": bench_generate, "data": bench_data}[args.what](args)
+    {TrainBench: bench_train, GenerateBench: bench_generate, DataBench: bench_data,
+     OptimizerBench: bench_optimizers}[type(args)](args)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ A checkpoint holds tensors and plain Python values only, so torch.load(..., weig
   model         the model's state_dict, keys as in model.py (never with _orig_mod. or module. prefixes)
   config        the GPTConfig, as a dict
   optimizer     AdamW's state_dict
+  muon          Muon's state_dict, of the block matrices (--optimizer muon only)
   scaler        the gradient scaler's state_dict (fp16 runs only)
   train_config  the run's TrainConfig, as a dict
   step          optimizer steps done; the run continues with step `step`
@@ -52,7 +53,7 @@ from cli import Exit, first_line
 from dataloader import ShardLoader
 from distributed import Ranks
 from files import atomic_file, remove, remove_stale_temporaries, sync_directory
-from model import GPT, HF_MODEL_NAMES, GPTConfig
+from model import GPT, HF_MODEL_NAMES, GPTConfig, clean_name
 from network import hub_unreachable
 
 DEFAULT_RUN_DIR = "log"  # train_gpt2.py's --run-dir default, where sample.py looks when given no --init
@@ -328,6 +329,11 @@ class TrainState:
     sharded: bool = False  # checkpoints as DCP directories (--parallel fsdp), else files
     data: dict[str, Any] = field(default_factory=dict)  # what the run reads (dataloader.data_fingerprint)
     rank: int = 0  # this process's: whose generator states it saves and resumes
+    muon: Optional[torch.optim.Optimizer] = None  # with --optimizer muon: of the block matrices (AdamW: the rest)
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer] + ([self.muon] if self.muon is not None else [])
 
     def progress(self) -> Progress:
         return Progress(self.step, self.evaluations is not None)
@@ -366,6 +372,8 @@ class TrainState:
         }
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
+        if self.muon is not None:
+            state["muon"] = self.muon.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -379,6 +387,8 @@ class TrainState:
         else:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+        if self.muon is not None:
+            self.muon.load_state_dict(state["muon"])
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
@@ -411,13 +421,13 @@ def check_training_fields(checkpoint: dict[str, Any], path: Path) -> None:
         raise ValueError(f"{path}: its data loader position {checkpoint['loader']} is not whole numbers")
 
 
-def first_non_finite(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None) -> Optional[str]:
+def first_non_finite(model: torch.nn.Module, *optimizers: torch.optim.Optimizer) -> Optional[str]:
     """The first parameter or optimizer-state tensor holding a NaN or an infinity, named ('transformer.h.0.mlp.c_fc
     .weight (nan)', 'exp_avg of transformer.wte.weight (inf)'), or None. This rank's part under FSDP2. One device
     sync for all of them."""
     names = {p: clean_name(name) for name, p in model.named_parameters()}
     tensors = [(name, p) for p, name in names.items()]
-    for p, slots in (optimizer.state.items() if optimizer is not None else ()):
+    for p, slots in (item for optimizer in optimizers for item in optimizer.state.items()):
         tensors += [(f"{slot} of {names.get(p, 'a parameter')}", value) for slot, value in slots.items()
                     if isinstance(value, torch.Tensor) and value.is_floating_point()]
     local = [(name, t.to_local() if hasattr(t, "to_local") else t) for name, t in tensors]
@@ -429,12 +439,6 @@ def first_non_finite(model: torch.nn.Module, optimizer: Optional[torch.optim.Opt
         if not ok:
             return f"{name} ({'nan' if torch.isnan(t).any() else 'inf'})"
     return None
-
-
-def clean_name(name: str) -> str:
-    """A parameter's name as the checkpoint keys have it: without the wrappers' parts (compile, activation
-    checkpointing)."""
-    return name.replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", "")
 
 
 class CheckpointWriteError(OSError):
@@ -551,7 +555,7 @@ def load_training_state(state: TrainState, path: Path, checkpoint: dict[str, Any
         state.load_state_dict(checkpoint)
     except (KeyError, TypeError, RuntimeError, IndexError) as e:  # fields of the right type, but not this run's
         raise ValueError(f"{path} does not resume this run: {first_line(e)[:300]}") from None
-    if bad := first_non_finite(state.model, state.optimizer):
+    if bad := first_non_finite(state.model, *state.optimizers):
         raise FloatingPointError(f"{path} holds non-finite values: {bad}")
 
 
@@ -565,6 +569,96 @@ def remove_superseded_checkpoints(run_dir: Union[str, Path], final_step: int, in
             remove(path)
             removed.append(path)
     return removed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# When a run writes checkpoints, and what it ends with when it cannot
+
+
+def due(interval: int, step: int, last: bool) -> bool:
+    """Whether what runs every `interval` steps (an evaluation, a checkpoint) is due at `step`: 0 turns it off, and
+    the last step has every one that is on."""
+    return bool(interval) and (step % interval == 0 or last)
+
+
+class CheckpointSchedule:
+    """When a checkpoint is written (ctx: the run's context.RunContext): every --checkpoint-interval steps, every
+    --checkpoint-minutes (the master's monotonic clock, which no NTP step or VM resume turns back), at the end and on
+    a stop request; never twice for the same progress, never for step 0, never of non-finite state. The end's
+    supersedes those written for a crash or a stop: they go."""
+
+    def __init__(self, ctx: Any, state: TrainState, resumed: Optional[Path]):
+        self.ctx, self.last_time = ctx, time.monotonic()
+        # the progress of the newest checkpoint, written or resumed from (a state past step 0 was resumed)
+        self.saved: Optional[Progress] = state.progress() if state.step > 0 else None
+        self.checked = resumed  # the newest checkpoint whose values this run checked finite (written or resumed)
+
+    def at_boundary(self, state: TrainState, last: bool) -> bool:
+        """At a step boundary, write a checkpoint if one is due; return whether the run stops here. Every rank
+        decides the same, in the boundary's one collective."""
+        cfg, ranks = self.ctx.cfg, self.ctx.ranks
+        minutes_due = ranks.master and cfg.checkpoint_minutes > 0 and \
+            time.monotonic() - self.last_time >= 60 * cfg.checkpoint_minutes
+        stopping, minutes_due = ranks.any_rank(self.ctx.stop.requested, minutes_due)
+        wanted = last or stopping or minutes_due or due(cfg.checkpoint_interval, state.step, last)
+        if wanted and state.step > 0 and self.saved != state.progress():
+            self.save(state, last)
+        return stopping
+
+    def save(self, state: TrainState, last: bool) -> None:
+        """Write the checkpoint atomically (see save_training_state) and prune the oldest beyond
+        --keep-checkpoints; at the end, the superseded ones too. Non-finite state is not written: the run ends."""
+        cfg, log, ranks = self.ctx.cfg, self.ctx.log, self.ctx.ranks
+        bad = [f"{what} on rank {rank}" if ranks.enabled else what
+               for rank, what in enumerate(ranks.gather(first_non_finite(state.model, *state.optimizers))) if what]
+        if bad:
+            raise self.failure(FloatingPointError(
+                f"step {state.step}: non-finite values in {bad[0]}; the checkpoint is not written. "
+                f"{self.kept()}; try a lower --max-lr or more warmup"))
+        try:
+            same_step = self.saved is not None and self.saved.step == state.step  # its evaluations since done
+            path = save_training_state(state, cfg.run_dir, cfg.keep_checkpoints, ranks, tensors_saved=same_step)
+        except CheckpointWriteError as e:
+            raise self.failure(CheckpointWriteError(f"{e}; once it can be written, {self.ctx.rerun} to continue"))
+        log.note(f"saved checkpoint {path}")
+        log.flush_metrics()  # the curves as far as the checkpoint, whatever happens next
+        self.saved, self.last_time, self.checked = state.progress(), time.monotonic(), path
+        if last and ranks.master:
+            remove_superseded_checkpoints(cfg.run_dir, state.step, cfg.checkpoint_interval)
+
+    def kept(self) -> str:
+        """What a run that ends in a fault leaves: 'The newest checkpoint, X, is intact (checked finite)', said only
+        of one this run checked."""
+        newest = newest_checkpoint(self.ctx.cfg.run_dir)
+        if newest is None:
+            return "No checkpoint had been written yet"
+        if newest == self.checked:
+            return f"The newest checkpoint, {newest}, is intact (its values were checked finite)"
+        return f"The newest checkpoint is {newest}, which this run has not checked"
+
+    def failure(self, error: Exception) -> Exception:
+        """A fault the run ends with, in log.txt too; said by the master (the other ranks end silently with its
+        code)."""
+        self.ctx.log.comment(str(error))
+        return error if self.ctx.ranks.master else Exit("", 1)
+
+    def diverged(self, error: FloatingPointError) -> Exception:
+        """The end of a run whose loss or gradient norm is not finite (error: what was not, at which step), true
+        about the checkpoints."""
+        return self.failure(FloatingPointError(f"{error}; stopped before the update. {self.kept()}; try a lower "
+                                               f"--max-lr or more warmup"))
+
+    def stopped(self, state: TrainState) -> Exit:
+        """The one line a stopped run ends with, also in log.txt; no rank leaves before the checkpoint is written."""
+        self.ctx.ranks.barrier()
+        if self.saved is None:
+            where = "before the first step; nothing to save"
+        else:
+            path = checkpoint_path(self.ctx.cfg.run_dir, self.saved.step, state.sharded)
+            where = f"at step {state.step}; checkpoint {path}; {self.ctx.rerun} to continue"
+        ending = self.ctx.stop.ending(where, shown=self.ctx.ranks.master)
+        self.ctx.log.comment(str(ending))
+        return ending
 
 
 # ----------------------------------------------------------------------------------------------------------------

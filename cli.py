@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import typing
+from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Optional, TypeVar, Union
 
 
@@ -89,6 +90,15 @@ def fraction(value: float) -> Optional[str]:
     return None if 0 <= value <= 1 else f"must be in [0, 1], got {value}"
 
 
+def each(check: "Check") -> "Check":
+    """The check of a list: each value's."""
+    return lambda values: next((problem for value in values if (problem := check(value))), None)
+
+
+def in_unit_interval(value: float) -> Optional[str]:
+    return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
+
+
 SEED_MAX = 2**32 - 1  # the largest seed numpy takes (torch takes up to 2**64 - 1)
 
 
@@ -116,17 +126,22 @@ seed_int = checked(int, seed_range)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Flags from a dataclass: each field is a flag (--field-name) with its help and check, and a preset is a set of
-# other defaults. Not transformers' HfArgumentParser: it takes defaults from the dataclass only (no presets, so no
-# `--preset X -h`), hands field metadata to argparse as they are (no checks), adds a --field_name twin of every flag
-# and would import transformers into this torch-free module.
+# Flags from a dataclass, the one way every script takes its command line: each field is a flag (--field-name, or a
+# positional argument) with its help, its check and its group in -h; a preset is a set of other defaults; with
+# config_file, --config FILE (TOML or JSON) sets any of them. Not transformers' HfArgumentParser: it takes defaults
+# from the dataclass only (no presets, so no `--preset X -h`), hands field metadata to argparse as they are (no
+# checks), adds a --field_name twin of every flag and would import transformers into this torch-free module.
 
 Config = TypeVar("Config")
 
 
-def option(default: Any, help: str, check: Optional[Check] = None, **argparse_settings) -> Any:
-    """A dataclass field that is a flag: its default, its help, a check of its value and other argparse settings."""
-    return dataclasses.field(default=default, metadata={"help": help, "check": check, "argparse": argparse_settings})
+def option(default: Any, help: str, check: Optional[Check] = None, *, group: str = "",
+           aliases: tuple[str, ...] = (), positional: bool = False, **argparse_settings) -> Any:
+    """A dataclass field that is a flag: its default, its one-line help, a check of its value, the group -h shows it
+    in, other names for it (-n), or a positional argument instead of a flag; other argparse settings as they are."""
+    value = dict(default_factory=lambda: list(default)) if isinstance(default, list) else dict(default=default)
+    return dataclasses.field(**value, metadata={"help": help, "check": check, "group": group, "aliases": aliases,
+                                                "positional": positional, "argparse": argparse_settings})
 
 
 def flag(field_name: str) -> str:
@@ -141,57 +156,171 @@ def check_fields(config: Any) -> None:
             raise ValueError(f"{flag(f.name)} {problem}")
 
 
-def dataclass_parser(defaults: Any, presets: dict[str, dict[str, Any]], description: str) -> ArgumentParser:
-    """--preset and one flag per field of `defaults`' dataclass, with `defaults`' values as the defaults, so -h shows
-    a preset's values."""
-    parser = ArgumentParser(description=description)
-    parser.add_argument("--preset", default=next(iter(presets)), choices=presets,
-                        help="a set of defaults that the other flags override; -h with it shows its values")
+def value_type(field_type: Any) -> Any:
+    """What argparse reads one value of a field as: Optional[X] -> X, list[X] -> X."""
+    args = [t for t in typing.get_args(field_type) if t is not type(None)]
+    if typing.get_origin(field_type) is list:
+        return args[0]
+    return value_type(args[0]) if typing.get_origin(field_type) is Union and args else field_type
+
+
+def add_fields(parser: argparse.ArgumentParser, defaults: Any) -> None:
+    """One argument per field of `defaults`' dataclass, with `defaults`' values as the defaults (so -h shows a
+    preset's), in its group of -h where it names one, in the order of the fields."""
+    groups: dict[str, Any] = {}
     for f in dataclasses.fields(defaults):
-        settings = dict(f.metadata["argparse"])
-        value_type = next((t for t in typing.get_args(f.type) if t is not type(None)), f.type)  # Optional[X] -> X
-        if value_type is bool:
+        meta, settings = f.metadata, dict(f.metadata["argparse"])
+        group = meta["group"]
+        target = groups.setdefault(group, parser.add_argument_group(group)) if group else parser
+        kind = value_type(f.type)
+        if kind is bool:
             settings.setdefault("action", argparse.BooleanOptionalAction)  # --x and --no-x, unless said otherwise
         else:
-            settings.setdefault("type", value_type)
+            settings.setdefault("type", kind)
             if "choices" not in settings:
-                settings["metavar"] = f.name.upper()
-        parser.add_argument(flag(f.name), default=getattr(defaults, f.name), help=f.metadata["help"], **settings)
-    return parser
+                settings.setdefault("metavar", f.name.upper())
+        if meta["positional"]:
+            target.add_argument(f.name, help=meta["help"], **settings)
+        else:
+            short = [name for name in meta["aliases"] if not name.startswith("--")]
+            longer = [name for name in meta["aliases"] if name.startswith("--")]
+            target.add_argument(*short, flag(f.name), *longer, dest=f.name, default=getattr(defaults, f.name),
+                                help=meta["help"], **settings)
 
 
-def parse_dataclass(config_type: type[Config], presets: dict[str, dict[str, Any]], argv: Optional[list[str]],
-                    description: str, check: Callable[[Config], None],
-                    adjust: Optional[Callable[[Config, set[str]], None]] = None) -> Config:
-    """--preset picks the defaults (the first preset when not given), then every flag given overrides its field;
-    adjust(config, the names of the fields given), if any, may then change the others; a ValueError of `check` on
-    the result is a usage error (exit code 2)."""
-    preset_parser = ArgumentParser(add_help=False)
-    preset_parser.add_argument("--preset", default=next(iter(presets)), choices=presets)
-    preset = preset_parser.parse_known_args(argv)[0].preset
-    parser = dataclass_parser(config_type(**presets[preset]), presets, description)
+def parse_dataclass(config_type: type[Config], presets: Optional[dict[str, dict[str, Any]]],
+                    argv: Optional[list[str]], description: str, check: Callable[[Config], None] = check_fields,
+                    adjust: Optional[Callable[[Config, set[str]], None]] = None, *,
+                    config_file: bool = False) -> Config:
+    """The command line as a config_type: the fields' defaults; then, with presets, --preset's (the first preset
+    when not given); then, with config_file, those of --config FILE; then every argument given. adjust(config, the
+    names of the fields given, on the command line or in the file), if any, may then change the others; a
+    ValueError of adjust or of `check` on the result is a usage error (exit code 2)."""
+    first = ArgumentParser(add_help=False)
+    if presets:
+        first.add_argument("--preset", default=None, choices=presets)
+    if config_file:
+        first.add_argument("--config", default=None)
+    known = first.parse_known_args(argv)[0]
+    from_file = {}
+    if config_file and known.config:
+        try:
+            from_file = read_config_file(Path(known.config), config_type, presets)
+        except ValueError as e:
+            first.error(str(e))
+    preset = (known.preset or from_file.pop("preset", None) or next(iter(presets))) if presets else None
+    from_file.pop("preset", None)
+    defaults = dict(presets[preset]) if presets else {}
+    parser = ArgumentParser(description=description)
+    if presets:
+        parser.add_argument("--preset", default=next(iter(presets)), choices=presets,
+                            help="a set of defaults that the other flags override; -h with it shows its values")
+    if config_file:
+        parser.add_argument("--config", default=None, metavar="FILE",
+                            help="a TOML (or JSON) file of settings (max_lr = 3e-4), each a flag's name: after the "
+                                 "preset, before the command line; a run directory's config.toml repeats its run")
+    add_fields(parser, config_type(**{**defaults, **from_file}))
     values = vars(parser.parse_args(argv))
-    values.pop("preset")
+    values.pop("preset", None)
+    values.pop("config", None)
     config = config_type(**values)
-    if adjust is not None:
-        adjust(config, given_fields(parser, argv))
     try:
+        if adjust is not None:
+            adjust(config, given_fields(parser, argv) | set(from_file))
         check(config)
     except ValueError as e:
         parser.error(str(e))
     return config
 
 
+def parse_subcommand(commands: dict[str, tuple[type, str]], argv: Optional[list[str]],
+                     description: str) -> tuple[str, Any]:
+    """A command line of subcommands, each its own dataclass ({name: (config type, one-line help)}): (the name
+    given, its config), its fields' checks a usage error."""
+    parser = ArgumentParser(description=description)
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="{" + ",".join(commands) + "}",
+                                help="what to run (each has its own -h)")
+    for name, (config_type, help_text) in commands.items():
+        add_fields(sub.add_parser(name, help=help_text, description=help_text), config_type())
+    values = vars(parser.parse_args(argv))
+    name = values.pop("subcommand")
+    config = commands[name][0](**values)
+    try:
+        check_fields(config)
+    except ValueError as e:
+        parser.error(str(e))
+    return name, config
+
+
 def given_fields(parser: argparse.ArgumentParser, argv: Optional[list[str]]) -> set[str]:
-    """The fields whose flags this command line gives (abbreviated or not), as against those left at their defaults.
-    Parses again with every default suppressed: the parser is spent afterwards."""
+    """The fields whose arguments this command line gives, as against those left at their defaults. Parses again
+    with every default suppressed: the parser is spent afterwards."""
     for action in parser._actions:
         action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_known_args(argv)[0])) - {"preset"}
+    return set(vars(parser.parse_known_args(argv)[0])) - {"preset", "config"}
+
+
+def is_list(field_type: Any) -> bool:
+    return any(typing.get_origin(t) is list for t in (field_type, *typing.get_args(field_type)))
+
+
+def read_config_file(path: Path, config_type: type, presets: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The settings of a TOML (or, by its suffix, JSON) file, one per field (max_lr or max-lr), checked against the
+    fields' types, and 'preset' where there are presets. A ValueError naming the file and the setting."""
+    import json
+    import tomllib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        table = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"--config {path}: {e.strerror if isinstance(e, OSError) else first_line(e)}") from None
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    settings = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name == "preset" and presets:
+            if value not in presets:
+                raise ValueError(f"--config {path}: preset {value!r}: choose from {', '.join(presets)}")
+        elif name not in fields:
+            near = difflib.get_close_matches(name, list(fields), n=1)
+            raise ValueError(f"--config {path}: unknown setting {key!r}" +
+                             (f"; did you mean {near[0]!r}?" if near else ""))
+        else:
+            wanted = list if is_list(fields[name].type) else value_type(fields[name].type)
+            value = float(value) if wanted is float and type(value) is int else value
+            if type(value) is not wanted:
+                raise ValueError(f"--config {path}: {key} = {value!r}, where a {wanted.__name__} belongs")
+        settings[name] = value
+    return settings
+
+
+def toml_value(value: Any) -> str:
+    """A setting's value as TOML writes it: strings and lists as JSON does (TOML reads those), booleans in lower
+    case, numbers as Python writes them."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, (str, list)) else repr(value)
+
+
+def write_config_file(path: Path, settings: dict[str, Any]) -> None:
+    """Settings as a TOML file that read_config_file reads back; None, which stands for a default, is left out."""
+    from files import atomic_file
+
+    with atomic_file(path) as f:
+        f.write("".join(f"{name} = {toml_value(value)}\n" for name, value in settings.items()
+                        if value is not None).encode())
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Ends and stops
+
+
+class UsageError(ValueError):
+    """A command this machine or its disk cannot run as given (--device cuda without a GPU, a --data-dir that is not
+    there), found when the run starts rather than while the arguments are read: a usage error all the same."""
 
 
 class Exit(Exception):
@@ -352,6 +481,10 @@ def run_main(main: Callable[[], None], prog: str) -> int:
         if str(e):
             print(f"{prog}: {e}", file=sys.stderr)
         return e.code
+    except UsageError as e:  # every rank finds the same: said once
+        if is_master_process():
+            print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, FloatingPointError) as e:
         if os.environ.get("GPT_DEBUG"):
             raise

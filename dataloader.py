@@ -97,6 +97,21 @@ def data_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return changes
 
 
+def check_data_dir(data_dir: Union[str, Path], splits: tuple[str, ...]) -> None:
+    """--data-dir must hold shards of each split: a ValueError naming the flag, and how to make them, if not."""
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise ValueError(f"--data-dir {data_dir} is a file, not a directory of shards")
+    if not Path(data_dir).exists():
+        raise ValueError(f"--data-dir: data directory not found: {data_dir}; make FineWeb-Edu's shards with "
+                         f"`python fineweb.py` (README: The real run), or start with the bundled corpus: "
+                         f"`python train_gpt2.py --preset quickstart`")
+    try:
+        for split in splits:
+            list_shards(data_dir, split)
+    except FileNotFoundError as e:
+        raise ValueError(f"--data-dir: {e}") from None
+
+
 def load_shard(path: Union[str, Path]) -> np.ndarray:
     """Memory-map one shard, checking that it is a non-empty 1-D uint16 array."""
     try:

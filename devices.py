@@ -28,6 +28,18 @@ PEAK_FLOPS = (
 )
 
 
+def parse_device(name: str) -> torch.device:
+    """The device a --device names (not 'auto'), whether or not this machine has it; a ValueError for a name that
+    names none we run on."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r} (use {DEVICE_HELP})") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r} (use {DEVICE_HELP})")
+    return device
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda, then mps, then cpu; an explicit device that is not there is a ValueError."""
     if name == "auto":
@@ -36,18 +48,13 @@ def pick_device(name: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r} (use {DEVICE_HELP})") from None
+    device = parse_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{name}: CUDA is not available on this machine")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{name}: MPS is not available on this machine")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {name!r} (use {DEVICE_HELP})")
     return device
 
 
@@ -105,9 +112,11 @@ def peak_flops_of(device: torch.device, override: float = 0.0) -> Optional[float
 
 
 def device_name(text: str) -> str:
-    """argparse type of --device: the name, checked while the command line is parsed (exit code 2)."""
+    """argparse type of --device: the name, checked while the command line is parsed (exit code 2); whether this
+    machine has it is for the start of the run (check_device)."""
     try:
-        pick_device(text)
+        if text != "auto":
+            parse_device(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
@@ -123,6 +132,23 @@ def add_device_flags(parser: argparse.ArgumentParser, dtype_help: str = DTYPE_HE
     parser.add_argument("--dtype", **{**DTYPE_FLAG, "help": dtype_help})
 
 
+def check_device(name: str, dtype: str, attention: str = "auto") -> torch.device:
+    """The device a command runs on, with its --dtype and --attention: what is not there, or cannot run there, is a
+    usage error naming the flag (cli.UsageError)."""
+    from cli import UsageError
+
+    try:
+        device = pick_device(name)
+    except ValueError as e:
+        raise UsageError(f"argument --device: {e}") from None
+    try:
+        check_dtype(device, dtype)
+        check_attention_backend(attention, device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return device
+
+
 def check_dtype(device: torch.device, dtype: str) -> None:
     """--dtype must run on the device; the error names both: "--dtype float16 on cpu: float16 needs a GPU ..."."""
     try:
@@ -131,14 +157,9 @@ def check_dtype(device: torch.device, dtype: str) -> None:
         raise ValueError(f"--dtype {dtype} on {device}: {e}") from None
 
 
-def device_and_dtype(parser: argparse.ArgumentParser, device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """The device and autocast dtype of a parsed command line; a combination that cannot run (float16 on the CPU)
-    is a usage error."""
-    chosen = pick_device(device)
-    try:
-        check_dtype(chosen, dtype)
-    except ValueError as e:
-        parser.error(str(e))
+def device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """The device and autocast dtype of a command; one that cannot run here (float16 on the CPU) is a usage error."""
+    chosen = check_device(device, dtype)
     return chosen, pick_dtype(chosen, dtype)
 
 

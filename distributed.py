@@ -88,10 +88,16 @@ def under_torchrun() -> bool:
 
 
 def launcher_restart() -> Optional[str]:
-    """What restarted this command, where a launcher did ('torchrun's restart 2 of the workers', after a failure,
-    with --max-restarts), else None (its first start)."""
-    count = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return f"torchrun's restart {count} of the workers" if count.isdigit() and int(count) > 0 else None
+    """What restarted this command, where a launcher did, else None (its first start): 'Slurm's requeue 1 of job
+    1234' (SLURM_RESTART_COUNT: a requeued job runs its script again), 'torchrun's restart 2 of the workers' (after a
+    failure, with --max-restarts)."""
+    restarts = []
+    slurm, torchrun = (os.environ.get(name, "0") for name in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"))
+    if slurm.isdigit() and int(slurm) > 0:
+        restarts.append(f"Slurm's requeue {slurm} of job {os.environ.get('SLURM_JOB_ID', '?')}")
+    if torchrun.isdigit() and int(torchrun) > 0:
+        restarts.append(f"torchrun's restart {torchrun} of the workers")
+    return ", after ".join(restarts) or None
 
 
 def join(ranks: Ranks, device_name: str, timeout_seconds: float) -> torch.device:
@@ -165,6 +171,16 @@ def fsdp_available() -> bool:
     import torch.distributed.fsdp as fsdp
 
     return hasattr(fsdp, "fully_shard") and hasattr(fsdp, "register_fsdp_forward_method")
+
+
+def check_fsdp(dtype: torch.dtype) -> None:
+    """--parallel fsdp needs FSDP2, and a dtype without a gradient scaler: a ValueError saying what to do."""
+    if not fsdp_available():
+        raise ValueError(f"--parallel fsdp needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.6); this is "
+                         f"torch {torch.__version__}: upgrade it, or use --parallel ddp")
+    if dtype == torch.float16:  # its gradient scaler would see only this rank's shards
+        raise ValueError("--parallel fsdp trains in bfloat16 or float32, not float16; pass --dtype bfloat16 (or "
+                         "float32), or use --parallel ddp")
 
 
 def parallelize(model: torch.nn.Module, ranks: Ranks, mode: str, checkpointing: str, compile_mode: Optional[str],

@@ -10,13 +10,14 @@ GPT-2's 50,257 (the extra rows are never produced by the tokenizer), and Linear 
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
 from checkpoint import CHECKPOINT_PATTERN, list_checkpoints, load_model, save_checkpoint, train_config_of
-from cli import ArgumentParser, first_line, run_cli
+from cli import first_line, option, parse_dataclass, run_cli
 from devices import DTYPES
 from files import readable_by_all
 from tokenizer import EOT_ID, N_VOCAB, gpt2_vocab_and_merges
@@ -101,18 +102,22 @@ def export_weights(init: Union[str, Path], out: Union[str, Path], dtype: torch.d
     return out
 
 
+@dataclass
+class ExportConfig:
+    """Every argument of the command line: the checkpoint and where it goes, then flags (--field-name)."""
+
+    init: Optional[str] = option(None, "our checkpoint (.pt or sharded ckpt_NNNNNN/), a run directory (its newest), "
+                                       "an HF directory or a hub name", positional=True, metavar="CHECKPOINT")
+    out_dir: Optional[str] = option(None, "the directory to write: new or empty, and not a run directory (with "
+                                          "--weights-only: a NAME.pt file)", positional=True, metavar="OUT_DIR")
+    overwrite: bool = option(False, "write into a directory that holds files already", action="store_true")
+    dtype: str = option("float32", "the weights' dtype", choices=tuple(DTYPES))
+    weights_only: bool = option(False, "instead of a Hugging Face directory, write OUT_DIR as one .pt file of ours: "
+                                       "the model without the optimizer state", action="store_true")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = ArgumentParser(description=first_line(__doc__))
-    parser.add_argument("init", metavar="CHECKPOINT", help="our checkpoint (.pt or sharded ckpt_NNNNNN/), a run "
-                                                        "directory (its newest), an HF directory or a hub name")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="the directory to write: new or empty, and not a run "
-                                                           "directory (with --weights-only: a NAME.pt file)")
-    parser.add_argument("--overwrite", action="store_true", help="write into a directory that holds files already")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="the weights' dtype")
-    parser.add_argument("--weights-only", action="store_true",
-                        help="instead of a Hugging Face directory, write OUT_DIR as one .pt file of ours: the model "
-                             "without the optimizer state (for sample.py, --init-from, --eval-only)")
-    args = parser.parse_args(argv)
+    args = parse_dataclass(ExportConfig, None, argv, first_line(__doc__))
     if args.weights_only:
         out = export_weights(args.init, args.out_dir, DTYPES[args.dtype], args.overwrite)
         print(f"wrote {out} ({out.stat().st_size / 2**20:,.1f} MiB): sample with python sample.py --init {out}")

@@ -25,12 +25,13 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from cli import ArgumentParser, first_line, non_negative_int, positive_int, run_cli
+from cli import UsageError, first_line, non_negative, option, parse_dataclass, positive, run_cli
 from files import atomic_file, no_empty_directory_on_failure, remove_stale_temporaries
 from network import hub_endpoint, offline_switch, unreachable
 from tokenizer import EOT_ID, VOCAB_SHA256, get_tokenizer
 
 BUNDLED_CORPUS = Path(__file__).resolve().parent / "assets" / "shakespeare"  # the quickstart's and bench.py's text
+QUICKSTART_DATA = "data/shakespeare"  # where the quickstart tokenizes it on first use
 FINEWEB_DATASET = "HuggingFaceFW/fineweb-edu"
 FINEWEB_CONFIG = "sample-10BT"
 SHARD_SIZE = 100_000_000
@@ -257,6 +258,17 @@ def tokenize_bundled_corpus(out_dir: Path, prefix: str) -> dict:
     return build_shards(Source("local", files=expand_inputs([str(BUNDLED_CORPUS)])), out_dir, prefix, workers=1)
 
 
+def is_quickstart_data(data_dir: str) -> bool:
+    """Whether a data directory is the quickstart's, however it is written (./data/shakespeare, an absolute
+    path ...): the one that the bundled corpus is tokenized into on first use."""
+    return Path(data_dir).resolve() == Path(QUICKSTART_DATA).resolve()
+
+
+def bundled_corpus_missing(data_dir: str) -> bool:
+    """Whether a run on data_dir must first tokenize the bundled corpus there: the quickstart's, not yet made."""
+    return is_quickstart_data(data_dir) and not any(Path(data_dir).glob("*_train_*.npy"))
+
+
 def write_shards(source: Source, out_dir: Path, settings: dict, workers: int, streaming: bool) -> dict:
     """build_shards' work, once out_dir exists: `settings` are the manifest's."""
     shard_size, val_tokens = settings["shard_size"], settings["val_tokens"]
@@ -334,30 +346,31 @@ def default_val_tokens(source: Source, shard_size: int) -> int:
     return max(1, min(shard_size, total_bytes // BYTES_PER_TOKEN // 10))
 
 
-def parse_args(argv: Optional[list[str]] = None):
-    parser = ArgumentParser(description=first_line(__doc__))
-    parser.add_argument("--input", nargs="+", metavar="PATH_OR_GLOB",
-                        help="local .txt (one document per file), .jsonl or .parquet files instead of FineWeb-Edu")
-    parser.add_argument("--text-field", default="text", help="field/column holding the text (.jsonl, .parquet, hub)")
-    parser.add_argument("--dataset", default=FINEWEB_DATASET, help="Hugging Face dataset (without --input)")
-    parser.add_argument("--config", default=FINEWEB_CONFIG, help="its configuration")
-    parser.add_argument("--split", default="train", help="its split")
-    parser.add_argument("--streaming", action="store_true", help="stream the dataset; keep no parquet files")
-    parser.add_argument("--out", default="edu_fineweb10B", help="output directory")
-    parser.add_argument("--prefix", default="edufineweb", help="shard file name prefix")
-    parser.add_argument("--shard-size", type=positive_int, default=SHARD_SIZE, help="tokens per shard")
-    parser.add_argument("--val-tokens", type=non_negative_int, default=None,
-                        help="tokens for the val split (default: one shard for FineWeb, ~10%% of local input)")
-    parser.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 1),
-                        help="tokenizer processes")
-    args = parser.parse_args(argv)
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        parser.error(f"--out {args.out} is a file, not a directory")
-    return args
+@dataclass
+class FinewebConfig:
+    """Every field is a flag (--field-name), in its group of -h."""
+
+    input: Optional[list[str]] = option(None, "local .txt (one document per file), .jsonl or .parquet files "
+                                              "instead of FineWeb-Edu", group="source", nargs="+",
+                                        metavar="PATH_OR_GLOB")
+    text_field: str = option("text", "field/column holding the text (.jsonl, .parquet, hub)", group="source")
+    dataset: str = option(FINEWEB_DATASET, "Hugging Face dataset (without --input)", group="source")
+    config: str = option(FINEWEB_CONFIG, "its configuration", group="source")
+    split: str = option("train", "its split", group="source")
+    streaming: bool = option(False, "stream the dataset; keep no parquet files", group="source",
+                             action="store_true")
+    out: str = option("edu_fineweb10B", "output directory", group="shards")
+    prefix: str = option("edufineweb", "shard file name prefix", group="shards")
+    shard_size: int = option(SHARD_SIZE, "tokens per shard", positive, group="shards")
+    val_tokens: Optional[int] = option(None, "tokens for the val split (when not given: one shard for FineWeb, "
+                                             "~10% of local input)", non_negative, group="shards")
+    workers: int = option(max(1, (os.cpu_count() or 2) - 1), "tokenizer processes", positive, group="performance")
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = parse_args(argv)
+    args = parse_dataclass(FinewebConfig, None, argv, first_line(__doc__))
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a directory")
     if args.input:
         source = Source(kind="local", files=expand_inputs(args.input), text_field=args.text_field)
     else:

@@ -13,10 +13,11 @@ import importlib.util
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from cli import ArgumentParser, Exit, first_line, positive_int, run_cli
+from cli import Exit, UsageError, first_line, option, parse_dataclass, positive, run_cli
 from export_hf import export_hf
 
 LM_EVAL_INSTALL = "pip install -r requirements-test.txt (lm_eval[hf]==0.4.13)"
@@ -34,23 +35,25 @@ def lm_eval_command(model_dir: Path, args) -> list[str]:
     return command + (["--log_samples"] if args.output_path else [])
 
 
-def parse_args(argv: Optional[list[str]] = None):
-    parser = ArgumentParser(description=first_line(__doc__))
-    parser.add_argument("--init", required=True, help="checkpoint (.pt or sharded ckpt_NNNNNN/), run directory (its "
-                                                      "newest), Hugging Face GPT-2 directory or hub name")
-    parser.add_argument("--tasks", required=True, help="the harness's task names, comma-separated (lm_eval --tasks)")
-    parser.add_argument("--include-path", default=None, help="a directory of the user's own task files (YAML)")
-    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N examples of each task")
-    parser.add_argument("--num-fewshot", type=int, default=None, help="examples in each prompt (the task's default)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="the harness's batch size")
-    parser.add_argument("--device", default="cpu", help="the harness's device: cpu, cuda, cuda:N, mps")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                        help="the exported weights' dtype as the harness loads them")
-    parser.add_argument("--output-path", default=None, help="where the harness writes its results and samples")
-    args = parser.parse_args(argv)
-    if args.include_path and not Path(args.include_path).is_dir():
-        parser.error(f"--include-path {args.include_path}: not a directory")
-    return args
+@dataclass
+class HarnessConfig:
+    """Every field is a flag (--field-name); the first two must be given."""
+
+    init: Optional[str] = option(None, "checkpoint (.pt or sharded ckpt_NNNNNN/), run directory (its newest), "
+                                       "Hugging Face GPT-2 directory or hub name", required=True)
+    tasks: Optional[str] = option(None, "the harness's task names, comma-separated (lm_eval --tasks)", required=True)
+    include_path: Optional[str] = option(None, "a directory of the user's own task files (YAML)")
+    limit: Optional[int] = option(None, "only the first N examples of each task", positive)
+    num_fewshot: Optional[int] = option(None, "examples in each prompt (the task's default when not given)")
+    batch_size: int = option(8, "the harness's batch size", positive)
+    device: str = option("cpu", "the harness's device: cpu, cuda, cuda:N, mps")
+    dtype: str = option("float32", "the exported weights' dtype as the harness loads them",
+                        choices=("float32", "bfloat16", "float16"))
+    output_path: Optional[str] = option(None, "where the harness writes its results and samples")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> HarnessConfig:
+    return parse_dataclass(HarnessConfig, None, argv, first_line(__doc__))
 
 
 def check_tasks(tasks: str, include_path: Optional[str]) -> None:
@@ -58,9 +61,14 @@ def check_tasks(tasks: str, include_path: Optional[str]) -> None:
     unknown one is a ValueError naming it and the nearest names."""
     from lm_eval.tasks import TaskManager
 
+    names = [name.strip() for name in tasks.split(",") if name.strip() and not Path(name.strip()).is_file()]
+    if include_path:  # the user's own tasks first: indexing the harness's ~15,000 takes seconds
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        names = [name for name in names if not local.match_tasks([name])]
+    if not names:
+        return
     manager = TaskManager(include_path=include_path)
-    names = [name.strip() for name in tasks.split(",") if name.strip()]
-    unknown = [name for name in names if not manager.match_tasks([name]) and not Path(name).is_file()]
+    unknown = [name for name in names if not manager.match_tasks([name])]
     if unknown:
         near = difflib.get_close_matches(unknown[0], manager.all_tasks, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else "; `lm_eval ls tasks` lists them"
@@ -86,6 +94,8 @@ def run_harness(command: list[str]) -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
+    if args.include_path and not Path(args.include_path).is_dir():
+        raise UsageError(f"--include-path {args.include_path}: not a directory")
     if importlib.util.find_spec("lm_eval") is None:
         raise ValueError(f"lm-evaluation-harness is not installed: {LM_EVAL_INSTALL}")
     check_tasks(args.tasks, args.include_path)

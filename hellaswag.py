@@ -18,6 +18,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -26,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cli import ArgumentParser, first_line, positive_int, run_cli
-from devices import add_device_flags, autocast, device_and_dtype
+from cli import first_line, option, parse_dataclass, positive, run_cli
+from devices import DEVICE_FLAG, DTYPE_FLAG, autocast, device_and_dtype
 from files import atomic_file, no_empty_directory_on_failure
 from network import unreachable
 from tokenizer import get_tokenizer
@@ -250,34 +251,40 @@ def ending_log_likelihoods(model: nn.Module, requests: list[tuple[list[int], lis
     return (log_probs * ending).sum(dim=1).view(len(requests), -1)  # (requests, 4)
 
 
-def parse_args(argv: Optional[list[str]] = None):
-    parser = ArgumentParser(description=first_line(__doc__))
-    parser.add_argument("-m", "--model", default="gpt2", help="checkpoint (.pt or sharded ckpt_NNNNNN/), run directory "
-                                                               "(its newest), Hugging Face GPT-2 directory, hub name")
-    parser.add_argument("--split", default="val", help=f"which HellaSwag split: {', '.join(SPLITS)} (test's labels "
-                                                       f"are hidden)")
-    parser.add_argument("--data", default=None, help="a local hellaswag_{split}.jsonl instead of the cached download")
-    parser.add_argument("--limit", type=positive_int, default=None, help="score only the first N examples")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per forward pass")
-    add_device_flags(parser)
-    args = parser.parse_args(argv)
+def split_problem(split: str) -> Optional[str]:
+    """--split's check: 'test: HellaSwag's test split hides its labels ...', or None for a split that scores."""
     try:
-        check_split(args.split)
+        check_split(split)
     except ValueError as e:
-        parser.error(f"--split {args.split}: {str(e).split(': ', 1)[1]}")
-    args.device, args.dtype = device_and_dtype(parser, args.device, args.dtype)
-    return args
+        return f"{split}: {str(e).split(': ', 1)[1] if split == 'test' else e}"
+    return None
+
+
+@dataclass
+class HellaSwagConfig:
+    """Every field is a flag (--field-name), in its group of -h."""
+
+    model: str = option("gpt2", "the model: checkpoint (.pt or sharded ckpt_NNNNNN/), run directory (its newest), "
+                                "Hugging Face GPT-2 directory or hub name", group="model", aliases=("-m",))
+    split: str = option("val", f"which split: {', '.join(SPLITS)} (test's labels are hidden)", split_problem,
+                        group="data")
+    data: str = option("", "a local hellaswag_{split}.jsonl instead of the cached download", group="data")
+    limit: Optional[int] = option(None, "score only the first N examples", positive, group="data")
+    batch_size: int = option(8, "examples per forward pass", positive, group="performance")
+    device: str = option(**DEVICE_FLAG, group="performance")
+    dtype: str = option(**DTYPE_FLAG, group="performance")
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     from checkpoint import load_model
 
-    args = parse_args(argv)
-    examples = load_examples(args.split, args.data, args.limit)
-    model = load_model(args.model, args.device)
-    with autocast(args.device, args.dtype):
-        counts = score_examples(model, examples, args.device, args.batch_size, progress=True)
-    print(f"{args.model} on HellaSwag {args.split} ({counts['total']} examples):")
+    cfg = parse_dataclass(HellaSwagConfig, None, argv, first_line(__doc__))
+    device, dtype = device_and_dtype(cfg.device, cfg.dtype)
+    examples = load_examples(cfg.split, cfg.data or None, cfg.limit)
+    model = load_model(cfg.model, device)
+    with autocast(device, dtype):
+        counts = score_examples(model, examples, device, cfg.batch_size, progress=True)
+    print(f"{cfg.model} on HellaSwag {cfg.split} ({counts['total']} examples):")
     for line in describe_counts(counts):
         print(line)
 

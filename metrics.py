@@ -230,9 +230,9 @@ def describe_environment() -> list[str]:
     return [f"versions: {versions}", f"git commit: {commit}", f"command: {' '.join(sys.argv)}"]
 
 
-def run_summary(ctx: Any, state: Any, evaluator: Any) -> list[str]:
+def run_summary(ctx: Any, state: Any, evaluator: Any, grad_accum: int) -> list[str]:
     """The block printed at the start of a run: what will be trained, on what, for how long, and where it goes.
-    ctx, state, evaluator: train_gpt2.py's RunContext, checkpoint.TrainState and Evaluator."""
+    ctx, state, evaluator: the run's context.RunContext, checkpoint.TrainState and evaluate.Evaluator."""
     cfg, model = ctx.cfg, state.model
     tokens_per_step = cfg.total_batch_size  # = B x T x grad_accum x world size, as TrainConfig.check makes sure
     when = [f"every {cfg.checkpoint_interval:,} steps"] if cfg.checkpoint_interval else []
@@ -245,7 +245,7 @@ def run_summary(ctx: Any, state: Any, evaluator: Any) -> list[str]:
         f"  model       {cfg.model_name()}: {model.num_params():,} parameters, "
         f"{dataclasses.asdict(model.config)}",
         f"  batch       {tokens_per_step:,} tokens/step = {cfg.micro_batch_size} x {cfg.seq_len} x "
-        f"{ctx.grad_accum} gradient accumulation x {ctx.ranks.world_size} ranks",
+        f"{grad_accum} gradient accumulation x {ctx.ranks.world_size} ranks",
         f"  steps       {state.step:,} -> {cfg.max_steps:,} (warmup {cfg.warmup_steps:,}), "
         f"{cfg.max_steps * tokens_per_step:,} tokens in all, "
         f"{max(0, cfg.max_steps - state.step) * tokens_per_step:,} to go",

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from devices import attention_backend, recompile_room
+from devices import attention_backend
 from tokenizer import EOT_ID, N_VOCAB
 
 # GPT-2's vocabulary padded up to a multiple of 128 (50,304): the extra rows are never a target, and the matmuls
@@ -66,11 +66,7 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),  # ~3.3M, tests
 }
 HF_MODEL_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-
-# Graphs kept per compiled decoding function: one per batch size, dtype and model shape that the caller decodes
-# with, each deliberate (torch.compile's default of 8 catches shapes that change by accident: past it, the step failed
-# under fullgraph or ran eagerly).
-DECODING_GRAPHS = 64
+DEFAULT_MODEL = "gpt2"  # the shape a run trains when none is named
 
 # Hugging Face's GPT-2 stores these Linear layers as Conv1D, whose weight is (in_features, out_features).
 HF_CONV1D_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
@@ -88,51 +84,46 @@ def config_from_preset(name: str, **overrides) -> GPTConfig:
 
 
 class KVCache:
-    """Keys and values of one attention layer for a batch of sequences, preallocated for the whole context: the one
-    design of decoding, told here once.
-
-    GPT.setup_caches attaches one to every attention layer. They are kept per batch size, dtype and device and
-    reused by later generate calls, so their memory never moves: a CUDA graph replays reads and writes at the
-    addresses it recorded. generate runs the prompt once (the prefill: its keys and values written at positions
-    0..T-1), then one decoding step per new token, whose position is a device tensor. Each forward pass gets one
-    Decoding, built once per step and passed down to every layer, which says where its keys and values go and what
-    it attends to, in one of two forms:
-      - static: the whole cache under a mask of positions 0..pos. No shape depends on the position, as
-        torch.compile with CUDA graphs needs (what the mask hides is never read, whatever an earlier call left
-        there). generate takes it when compiling on CUDA.
-      - filled: only the first `filled` positions, all visible. Less to read; generate takes it everywhere else
-        (eager, or compiled with dynamic shapes on the CPU, where there are no graphs to replay).
-    Past block_size the window slides, which shifts every position, so from there generate recomputes the last
-    block_size tokens for each new one, as the cache-free reference path does throughout.
-    """
+    """Keys and values of one attention layer, preallocated for the whole context and for the largest batch decoded
+    so far (a smaller batch uses the first rows): the one cache design, told in generate.py. Its memory never moves
+    while batches fit, so a CUDA graph replays its reads and writes at the addresses it recorded."""
 
     def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device):
         self.k = torch.zeros(batch, n_head, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
+        torch._dynamo.mark_static_address(self.k)  # CUDA graphs use them in place instead of copying them in and out
+        torch._dynamo.mark_static_address(self.v)
+
+    def fits(self, batch: int, dtype: torch.dtype, device: torch.device) -> bool:
+        device = torch.device(device)
+        same_device = self.k.device.type == device.type and device.index in (None, self.k.device.index)
+        return self.k.size(0) >= batch and self.k.dtype == dtype and same_device
 
     def update(self, decoding: "Decoding", k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this pass's k, v (B, nh, T, hd) at decoding.positions; return the keys and values to attend to:
-        the pass's own for a prefill, else the cache's (all of it, or its first `filled` positions)."""
-        self.k.index_copy_(2, decoding.positions, k)
-        self.v.index_copy_(2, decoding.positions, v)
-        if decoding.prefill:
-            return k, v
-        if decoding.filled is not None:
-            return self.k[:, :, : decoding.filled], self.v[:, :, : decoding.filled]  # (B, nh, filled, hd) x 2
-        return self.k, self.v  # (B, nh, max_len, hd) x 2, under decoding.mask
+        """Write this pass's k, v (B, nh, T, hd) at decoding.positions; return the cache's keys and values of this
+        batch, as far as the pass looks (the mask's width): (B, nh, visible, hd) x 2."""
+        B, visible = k.size(0), decoding.mask.size(-1)
+        self.k[:B].index_copy_(2, decoding.positions, k)
+        self.v[:B].index_copy_(2, decoding.positions, v)
+        return self.k[:B, :, :visible], self.v[:B, :, :visible]
 
 
 class Decoding(NamedTuple):
-    """One forward pass of decoding (see KVCache): where its tokens sit, and what they attend to."""
+    """One forward pass of decoding, built once and handed to every layer: where its T tokens sit in the cache and,
+    for each, which of the first `visible` cache positions it attends to."""
 
-    positions: torch.Tensor  # (T,) device tensor: 0..T-1 for a prefill, (pos,) for a step
-    mask: Optional[torch.Tensor] = None  # static step: (1, 1, 1, max_len), True at the positions 0..pos
-    filled: Optional[int] = None  # filled step: the cache positions written so far, pos + 1
+    positions: torch.Tensor  # (T,) device tensor
+    mask: Optional[torch.Tensor] = None  # (1, 1, T, visible) bool: j visible to token t when j <= positions[t];
+    # None: a prefill from position 0 (see at)
 
-    @property
-    def prefill(self) -> bool:
-        return self.mask is None and self.filled is None
+    @classmethod
+    def at(cls, positions: torch.Tensor, visible: Optional[int] = None) -> "Decoding":
+        """The pass of tokens at `positions`, attending to the first `visible` cache positions (by default the
+        filled ones of a prefill from 0: as many as the tokens)."""
+        visible = positions.numel() if visible is None else visible
+        mask = torch.arange(visible, device=positions.device)[None, :] <= positions[:, None]  # (T, visible)
+        return cls(positions, mask[None, None])
 
 
 class CausalSelfAttention(nn.Module):
@@ -141,7 +132,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.kv_cache: Optional[KVCache] = None  # attached by GPT.setup_caches; used only when decoding
+        self.kv_cache: Optional[KVCache] = None  # attached by generate.setup_caches; used only when decoding
         self.kernel = "auto"  # SDPA kernel of whole-sequence passes (GPT.set_attention)
         self.dropout = config.dropout
 
@@ -154,16 +145,13 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
         v = v.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
-        if decoding is not None:
-            k, v = self.kv_cache.update(decoding, k, v)  # (B, nh, S, hd) x 2
-        if decoding is None:
+        if decoding is None:  # a whole sequence: training and evaluation
             p = self.dropout if self.training else 0.0
             with attention_backend(self.kernel):  # inside forward: torch.compile guards on it and compiles it in
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-        elif decoding.prefill:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=decoding.mask)  # one query: no causal mask
+        else:  # decoding, the prompt or a new token alike: the cache under the pass's mask
+            k, v = self.kv_cache.update(decoding, k, v)  # (B, nh, visible, hd) x 2
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=decoding.mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hd) -> (B, T, C)
         return dropout(self.c_proj(y), self.dropout, self.training)
 
@@ -212,8 +200,6 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
-        self._decode_steps: dict[tuple[str, bool], Callable] = {}  # compiled, by (device type, static form)
-        self._kv_caches: dict[tuple, list[KVCache]] = {}  # by (batch, dtype, device), made on first use
         self.apply(self._init_weights)
         # Each block adds two projections to the residual stream; scale them so its variance stays ~constant.
         residual_std = 0.02 * (2 * config.n_layer) ** -0.5
@@ -257,6 +243,7 @@ class GPT(nn.Module):
             positions = torch.arange(idx.size(1), device=idx.device)  # (T,)
         else:
             positions = decoding.positions  # (T,), within block_size by generate
+            decoding = decoding if decoding.mask is not None else Decoding.at(positions)
         x = dropout(self.transformer.wte(idx) + self.transformer.wpe(positions), self.config.dropout,
                     self.training)  # (B, T, C)
         for block in self.transformer.h:
@@ -379,123 +366,71 @@ class GPT(nn.Module):
         return self.lm_head(x[:, -1, :]).float()  # (B, V)
 
     def setup_caches(self, batch: int, dtype: torch.dtype, device: torch.device) -> list[KVCache]:
-        """Attach a KVCache to every attention layer for this batch size, dtype and device (see KVCache): made on
-        the first call that needs them, then the same tensors at the same addresses every call."""
-        key = (batch, dtype, torch.device(device))
-        if key not in self._kv_caches:
-            c = self.config
-            caches = [KVCache(batch, c.n_head, c.block_size, c.n_embd // c.n_head, dtype, device)
-                      for _ in range(c.n_layer)]
-            for cache in caches:  # CUDA graphs then use them in place instead of copying them in and out
-                torch._dynamo.mark_static_address(cache.k)
-                torch._dynamo.mark_static_address(cache.v)
-            self._kv_caches[key] = caches
-        for block, cache in zip(self.transformer.h, self._kv_caches[key]):
-            block.attn.kv_cache = cache
-        return self._kv_caches[key]
+        """The KV caches of every attention layer, for decoding `batch` sequences (see generate.setup_caches)."""
+        from generate import setup_caches
 
-    def decode_logits(self, token: torch.Tensor, pos: torch.Tensor, filled: Optional[int] = None) -> torch.Tensor:
-        """One decoding step: logits (B, V) after token (B, 1) at position pos (a (1,) device tensor), attending to
-        the attached caches: their first `filled` positions, or without `filled` the whole cache under the step's
-        one mask (see KVCache)."""
-        if filled is None:
-            visible = torch.arange(self.config.block_size, device=pos.device) <= pos  # (block_size,)
-            return self.next_token_logits(token, Decoding(pos, mask=visible.view(1, 1, 1, -1)))
-        return self.next_token_logits(token, Decoding(pos, filled=filled))
+        return setup_caches(self, batch, dtype, device)
 
     def decoding_step(self, device: torch.device, compile: bool,
                       static: Optional[bool] = None) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
-        """The step generate runs: (token, pos, filled) -> logits. Static form (see KVCache) by default when
-        compiling on CUDA: compiled once per batch size (fullgraph, dynamic=False) and replayed as a CUDA graph
-        (mode="reduce-overhead"). Otherwise the filled form: eager, or compiled with dynamic shapes, so that one
-        compilation serves every length (a batch of 1 gets its own)."""
-        static = (compile and device.type == "cuda") if static is None else static
-        step = self.decode_logits
-        if compile:
-            key = (device.type, static)
-            if key not in self._decode_steps:
-                settings = dict(mode="reduce-overhead", dynamic=False) if static else dict(dynamic=True)
-                self._decode_steps[key] = torch.compile(self.decode_logits, fullgraph=True, **settings)
-            step = self._decode_steps[key]
-        if not static:
-            return step
-        return lambda token, pos, filled: step(token, pos).clone()  # clone: a CUDA graph's next replay overwrites it
+        """The step generate runs: (token, pos, filled) -> logits (see generate.decoding_step)."""
+        from generate import decoding_step
+
+        return decoding_step(self, device, compile, static)
 
     @torch.no_grad()
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
-        *,
-        use_cache: bool = True,
-        vocab_limit: Optional[int] = None,
-        compile: bool = False,
-        on_token: Optional[Callable[[torch.Tensor], None]] = None,
-    ) -> torch.Tensor:
-        """idx (B, T) followed by max_new_tokens sampled tokens, (B, T + max_new_tokens); temperature 0 is greedy.
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None, generator: Optional[torch.Generator] = None, **options) -> torch.Tensor:
+        """idx (B, T) followed by max_new_tokens sampled tokens, (B, T + max_new_tokens); temperature 0 is greedy
+        (see generate.generate for the options: top_p, repetition_penalty, use_cache, compile, ...)."""
+        from generate import generate
 
-        vocab_limit restricts sampling to ids below it: the rows a padded vocabulary adds are no tokens. on_token,
-        if given, receives each new (B, 1) column as it is sampled (for streaming; it costs a device sync if it
-        reads the values). With use_cache, the prompt is prefilled into the KV caches and each new token is one
-        decoding step (compile: compiled, see decoding_step), up to block_size; from there, or throughout without
-        use_cache, each token recomputes its whole window (the reference path). See KVCache for the design.
-        """
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError(f"idx must be a non-empty (batch, time) tensor, got shape {tuple(idx.shape)}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        vocab_limit = min(vocab_limit or self.config.vocab_size, self.config.vocab_size)
-        if top_k is not None and not 1 <= top_k <= vocab_limit:
-            raise ValueError(f"top_k must be in 1..{vocab_limit}, got {top_k}")
-        B, T = idx.shape
-        out = torch.empty(B, T + max_new_tokens, dtype=idx.dtype, device=idx.device)  # (B, T + max_new_tokens)
-        out[:, :T] = idx
-
-        def emit(length: int, logits: torch.Tensor) -> torch.Tensor:
-            """Sample the token after the first `length` of out, put it there and hand it on: (B, 1)."""
-            next_id = sample_next(logits[:, :vocab_limit], temperature, top_k, generator)
-            out[:, length] = next_id[:, 0]
-            if on_token is not None:
-                on_token(next_id)
-            return next_id
-
-        # the cache holds block_size positions: tokens T..block_size come from it, the rest from sliding windows
-        cached = min(max_new_tokens, max(0, self.config.block_size - T + 1)) if use_cache else 0
-        was_training = self.training
-        self.eval()
-        if cached:
-            self.decode_with_cache(out[:, :T], cached, emit, compile)
-        for length in range(T + cached, T + max_new_tokens):  # the reference: the whole window for every token
-            emit(length, self.next_token_logits(out[:, max(0, length - self.config.block_size) : length]))
-        self.train(was_training)
-        return out
-
-    def decode_with_cache(self, prompt: torch.Tensor, new_tokens: int,
-                          emit: Callable[[int, torch.Tensor], torch.Tensor], compile: bool) -> None:
-        """The prefill of prompt (B, T), then a decoding step per token, new_tokens tokens in all, each handed to
-        emit(length, logits) (see generate)."""
-        B, T = prompt.shape
-        device = prompt.device
-        self.setup_caches(B, activation_dtype(self, device), device)
-        step = self.decoding_step(device, compile)
-        next_id = emit(T, self.next_token_logits(prompt, Decoding(torch.arange(T, device=device))))  # (B, 1)
-        pos = torch.full((1,), T, dtype=torch.long, device=device)  # where next_id's k, v go
-        with recompile_room(DECODING_GRAPHS):
-            for length in range(T + 1, T + new_tokens):
-                logits = step(next_id, pos, length)  # (B, V), the first `length` positions filled
-                pos += 1
-                next_id = emit(length, logits)
+        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator,
+                        **options)
 
     def cast_for_inference(self, dtype: torch.dtype) -> "GPT":
         """This model with its weights in `dtype` (autocast's: bf16 or fp16), for inference only. Decoding reads
         every weight once per token; fp32 weights under autocast would be cast again at every step, 4x the memory
         traffic of bf16 weights (training keeps fp32 weights: AdamW updates them). float32 changes nothing."""
         return self.to(dtype)
+
+
+# The 2-D weights inside the transformer blocks: what --optimizer muon gives to Muon (its docs: embeddings, the head,
+# norms and biases stay on AdamW).
+BLOCK_MATRICES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+# Muon's learning-rate adjustment: Moonshot's, which scales each matrix's orthogonalized update to AdamW's RMS (0.2
+# sqrt(max(A, B))), so that Muon's learning rate and weight decay live on AdamW's scale and follow the same schedule.
+MUON_ADJUST_LR = "match_rms_adamw"
+
+
+def clean_name(name: str) -> str:
+    """A parameter's name as the checkpoint keys have it: without the wrappers' parts (compile, activation
+    checkpointing)."""
+    return name.replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", "")
+
+
+def muon_available() -> bool:
+    return hasattr(torch.optim, "Muon")
+
+
+def configure_muon(model: nn.Module, weight_decay: float, adamw_lr: float, muon_lr: float, momentum: float,
+                   device_type: str, log: Optional[Callable[[str], None]] = print
+                   ) -> tuple[torch.optim.AdamW, torch.optim.Optimizer]:
+    """(AdamW, Muon): torch.optim.Muon (Nesterov momentum, 5 Newton-Schulz steps, MUON_ADJUST_LR) over the block
+    matrices, configure_optimizers' AdamW over the rest: the tied embedding and head, the positions, LayerNorms and
+    biases. Both decay weights by weight_decay (decoupled)."""
+    if not muon_available():
+        raise ValueError(f"--optimizer muon needs torch.optim.Muon (torch >= 2.9); this is torch {torch.__version__}")
+    named = [(clean_name(name), p) for name, p in model.named_parameters() if p.requires_grad]
+    matrices = [p for name, p in named if name.endswith(BLOCK_MATRICES)]
+    adamw = configure_optimizers([p for name, p in named if not name.endswith(BLOCK_MATRICES)], weight_decay,
+                                 adamw_lr, device_type, log)
+    muon = torch.optim.Muon(matrices, lr=muon_lr, weight_decay=weight_decay, momentum=momentum,
+                            adjust_lr_fn=MUON_ADJUST_LR)
+    if log is not None:
+        log(f"Muon: {len(matrices)} block matrices, {sum(p.numel() for p in matrices):,} parameters, lr {muon_lr:g}, "
+            f"momentum {momentum:g}, adjust_lr_fn {MUON_ADJUST_LR}")
+    return adamw, muon
 
 
 def configure_optimizers(parameters: Iterable[nn.Parameter], weight_decay: float, learning_rate: float,
@@ -518,13 +453,6 @@ def configure_optimizers(parameters: Iterable[nn.Parameter], weight_decay: float
             f"fused AdamW: {fused}"
         )
     return optimizer
-
-
-def activation_dtype(model: nn.Module, device: torch.device) -> torch.dtype:
-    """The dtype of the keys and values: autocast's where it is on, else the weights'."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return next(model.parameters()).dtype
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
@@ -578,20 +506,6 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     without materialising the (N, V) logits (see ChunkedCrossEntropy)."""
     with_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     return ChunkedCrossEntropy.apply(hidden, weight, targets, chunk, with_grads)
-
-
-def sample_next(
-    logits: torch.Tensor, temperature: float, top_k: Optional[int], generator: Optional[torch.Generator]
-) -> torch.Tensor:
-    """Pick one token per row from logits (B, V) -> (B, 1)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
 def config_from_hf(hf_config) -> GPTConfig:

@@ -9,10 +9,11 @@ starting with '#' are ignored, so a run still going plots fine.
 """
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from cli import ArgumentParser, first_line, non_negative_float, positive_int, run_cli
+from cli import first_line, option, parse_dataclass, positive, run_cli
 from metrics import EVENT_FORMATS, EVENT_LINE
 
 # OpenAI's GPT-2 124M checkpoint on the FineWeb-Edu val shard (build-nanogpt), and the 124M HellaSwag baselines.
@@ -132,25 +133,23 @@ def plot_runs(logs: dict[str, dict[str, list[tuple[int, float]]]], out: Union[st
     return notes
 
 
-def parse_args(argv: Optional[list[str]] = None):
-    parser = ArgumentParser(description=first_line(__doc__))
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_LOG", help="run directories or log.txt files")
-    parser.add_argument("-o", "--out", default=DEFAULT_OUT,
-                        help="the image to write (.png added when there is no extension; a directory: run.png in it)")
-    parser.add_argument("--smoothing", type=non_negative_float, default=None,
-                        help="EMA factor of the train loss; default: from the run's length (0.67 for 150 steps, 0.99 "
-                             "from 5,000)")
-    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
-                        help="leave out the GPT-2 / GPT-3 reference lines (for runs not on FineWeb-Edu)")
-    parser.add_argument("--max-label", type=positive_int, default=40, help="longest run name in the legend")
-    args = parser.parse_args(argv)
-    if args.smoothing is not None and args.smoothing >= 1:
-        parser.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
-    return args
+@dataclass
+class PlotConfig:
+    """Every argument of the command line: the runs, then flags (--field-name)."""
+
+    runs: Optional[list[str]] = option(None, "run directories or log.txt files", positional=True, nargs="+",
+                                       metavar="RUN_DIR_OR_LOG")
+    out: str = option(DEFAULT_OUT, "the image to write (.png added when there is no extension; a directory: run.png "
+                                   "in it)", aliases=("-o",))
+    smoothing: Optional[float] = option(None, "EMA factor of the train loss; when not given, from the run's length "
+                                              "(0.67 for 150 steps, 0.99 from 5,000)",
+                                        lambda a: None if 0 <= a < 1 else f"must be in [0, 1), got {a}")
+    baselines: bool = option(True, "the GPT-2 / GPT-3 reference lines (--no-baselines for runs not on FineWeb-Edu)")
+    max_label: int = option(40, "longest run name in the legend", positive)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = parse_args(argv)
+    args = parse_dataclass(PlotConfig, None, argv, first_line(__doc__))
     logs = {}
     for run in args.runs:
         path = find_log(run)

@@ -9,14 +9,16 @@ One sample is printed as it is generated; several are printed when all are done.
 
 import codecs
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 from checkpoint import DEFAULT_RUN_DIR, load_model, newest_checkpoint
-from cli import ArgumentParser, first_line, non_negative_float, positive_int, run_cli, seed_int
-from devices import INFERENCE_DTYPE_HELP, add_device_flags, autocast, device_and_dtype
+from cli import UsageError, first_line, in_unit_interval, non_negative, option, parse_dataclass, positive, run_cli, \
+    seed_range
+from devices import DEVICE_FLAG, DTYPE_FLAG, INFERENCE_DTYPE_HELP, autocast, device_and_dtype
 from model import GPT
 from tokenizer import EOT_ID, get_tokenizer
 
@@ -30,6 +32,8 @@ def sample_texts(
     *,
     temperature: float = 1.0,
     top_k: Optional[int] = 50,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
     seed: int = 42,
     use_cache: bool = True,
     compile: bool = False,
@@ -55,6 +59,8 @@ def sample_texts(
         max_new_tokens,
         temperature=temperature,
         top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
         generator=generator,
         use_cache=use_cache,
         vocab_limit=enc.n_vocab,
@@ -94,22 +100,67 @@ class TextStream:
             self.write(text)
 
 
-def default_init(parser) -> str:
-    """With no --init: the default run directory (load_model takes its newest checkpoint that loads, and says which),
-    else a usage error saying what to pass."""
-    if newest_checkpoint(DEFAULT_RUN_DIR) is None:
-        parser.error(f"no --init, and no checkpoint in {DEFAULT_RUN_DIR}/ (train_gpt2.py's default run directory) to "
-                     f"sample from: pass --init with a checkpoint, a run directory (runs/quickstart), a Hugging Face "
-                     f"GPT-2 directory, or a hub name (gpt2)")
-    return DEFAULT_RUN_DIR
+@dataclass
+class SampleConfig:
+    """Every field is a flag (--field-name, some with a short one), in its group of -h."""
+
+    init: str = option("", f"the model: a checkpoint (.pt, or a sharded ckpt_NNNNNN/), a run directory (its newest), "
+                           f"a Hugging Face GPT-2 directory or a hub name (gpt2, ...); when not given, the newest "
+                           f"checkpoint in {DEFAULT_RUN_DIR}/", group="model")
+    prompt: str = option("Hello, I'm a language model,", "the prompt; empty: <|endoftext|>", aliases=("-p",),
+                         group="prompt")
+    prompt_file: str = option("", "the prompt from a UTF-8 text file, as it is (instead of --prompt)",
+                              group="prompt")
+    num_samples: int = option(4, "how many samples", positive, aliases=("-n",), group="sampling")
+    max_new_tokens: int = option(32, "tokens to add to each", positive, aliases=("-m",), group="sampling")
+    temperature: float = option(1.0, "divide the logits by this; 0 means greedy", non_negative, group="sampling")
+    top_k: int = option(50, "sample among the k likeliest tokens", positive, group="sampling")
+    top_p: float = option(1.0, "nucleus sampling: among the likeliest tokens whose probabilities add up to p, after "
+                               "temperature and top-k; 1: all", in_unit_interval, group="sampling")
+    repetition_penalty: float = option(1.0, "each token already in the text has its logit divided by this (times it "
+                                            "where negative), as transformers does; 1: none", positive,
+                                       group="sampling")
+    seed: int = option(42, "seed of the sampler", seed_range, group="sampling")
+    stop_at_eot: bool = option(False, "end each sample at the first <|endoftext|> it generates", group="sampling",
+                               action="store_true")
+    device: str = option(**DEVICE_FLAG, group="performance")
+    dtype: str = option(**{**DTYPE_FLAG, "help": INFERENCE_DTYPE_HELP}, group="performance")
+    cache: bool = option(True, "the KV cache; --no-cache recomputes the whole context for every token",
+                         group="performance")
+    compile: bool = option(False, "torch.compile the cached decoding step, once (a CUDA graph per token on a GPU)",
+                           group="performance")
 
 
-def read_prompt(parser, path: str) -> str:
-    """--prompt-file's text; a file that is not there or not text is a usage error."""
+def one_prompt(cfg: SampleConfig, given: set[str]) -> None:
+    if {"prompt", "prompt_file"} <= given:
+        raise ValueError("--prompt and --prompt-file: pick one")
+
+
+def parse_config(argv: Optional[list[str]] = None) -> SampleConfig:
+    return parse_dataclass(SampleConfig, None, argv, first_line(__doc__), adjust=one_prompt)
+
+
+def prompt_of(cfg: SampleConfig) -> str:
+    """The prompt: --prompt-file's text, or --prompt; a file that is not there or not text is a usage error."""
+    if not cfg.prompt_file:
+        return cfg.prompt
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(cfg.prompt_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        parser.error(f"--prompt-file {path}: {e.strerror if isinstance(e, OSError) else 'not UTF-8 text'}")
+        raise UsageError(f"--prompt-file {cfg.prompt_file}: "
+                         f"{e.strerror if isinstance(e, OSError) else 'not UTF-8 text'}") from None
+
+
+def model_to_sample(cfg: SampleConfig) -> str:
+    """--init, or with none the default run directory (load_model takes its newest checkpoint that loads, and says
+    which); with none there either, a usage error saying what to pass."""
+    if cfg.init:
+        return cfg.init
+    if newest_checkpoint(DEFAULT_RUN_DIR) is None:
+        raise UsageError(f"no --init, and no checkpoint in {DEFAULT_RUN_DIR}/ (train_gpt2.py's default run directory) "
+                         f"to sample from: pass --init with a checkpoint, a run directory (runs/quickstart), a "
+                         f"Hugging Face GPT-2 directory, or a hub name (gpt2)")
+    return DEFAULT_RUN_DIR
 
 
 def print_flushed(text: str) -> None:
@@ -117,59 +168,23 @@ def print_flushed(text: str) -> None:
     sys.stdout.flush()
 
 
-def parse_args(argv: Optional[list[str]] = None):
-    parser = ArgumentParser(description=first_line(__doc__))
-    parser.add_argument("--init", default=None,
-                        help=f"checkpoint (.pt, or a sharded ckpt_NNNNNN/ directory), run directory (its newest "
-                             f"checkpoint), Hugging Face GPT-2 directory, or hub name (gpt2, ...); default: the newest "
-                             f"checkpoint in {DEFAULT_RUN_DIR}/")
-    prompt = parser.add_mutually_exclusive_group()
-    prompt.add_argument("-p", "--prompt", default="Hello, I'm a language model,", help="empty: <|endoftext|>")
-    prompt.add_argument("--prompt-file", default=None, help="the prompt from a UTF-8 text file, as it is")
-    parser.add_argument("-n", "--num-samples", type=positive_int, default=4, help="how many samples")
-    parser.add_argument("-m", "--max-new-tokens", type=positive_int, default=32, help="tokens to add to each")
-    parser.add_argument("--top-k", type=positive_int, default=50, help="sample among the k likeliest tokens")
-    parser.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
-    parser.add_argument("--seed", type=seed_int, default=42, help="random seed of the sampler")
-    add_device_flags(parser, INFERENCE_DTYPE_HELP)
-    parser.add_argument("--stop-at-eot", action="store_true",
-                        help="end each sample at the first <|endoftext|> it generates")
-    parser.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the cached decoding step, once (a CUDA graph per token on a GPU); pays off "
-                             "for long samples")
-    args = parser.parse_args(argv)
-    args.device, args.dtype = device_and_dtype(parser, args.device, args.dtype)
-    if args.prompt_file is not None:
-        args.prompt = read_prompt(parser, args.prompt_file)
-    args.init = args.init or default_init(parser)
-    return args
-
-
 def main(argv: Optional[list[str]] = None) -> None:
-    args = parse_args(argv)
-    model = load_model(args.init, args.device).cast_for_inference(args.dtype)  # weights in the compute dtype
+    cfg = parse_config(argv)
+    device, dtype = device_and_dtype(cfg.device, cfg.dtype)
+    prompt, init = prompt_of(cfg), model_to_sample(cfg)
+    model = load_model(init, device).cast_for_inference(dtype)  # weights in the compute dtype
     vocab = min(model.config.vocab_size, get_tokenizer().n_vocab)
-    if args.top_k > vocab:
-        raise ValueError(f"--top-k {args.top_k} is larger than the vocabulary ({vocab})")
-    streaming = args.num_samples == 1
+    if cfg.top_k > vocab:
+        raise ValueError(f"--top-k {cfg.top_k} is larger than the vocabulary ({vocab})")
+    streaming = cfg.num_samples == 1
     if streaming:
         print_flushed("sample 1: ")
-    with autocast(args.device, args.dtype):
-        texts = sample_texts(
-            model,
-            args.prompt,
-            args.num_samples,
-            args.max_new_tokens,
-            args.device,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            seed=args.seed,
-            use_cache=not args.no_cache,
-            compile=args.compile,
-            stop_at_eot=args.stop_at_eot,
-            write=print_flushed if streaming else None,
-        )
+    with autocast(device, dtype):
+        texts = sample_texts(model, prompt, cfg.num_samples, cfg.max_new_tokens, device,
+                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                             repetition_penalty=cfg.repetition_penalty, seed=cfg.seed, use_cache=cfg.cache,
+                             compile=cfg.compile, stop_at_eot=cfg.stop_at_eot,
+                             write=print_flushed if streaming else None)
     if streaming:
         print()
     else:

@@ -24,8 +24,20 @@ from fineweb import Source, build_shards, expand_inputs  # noqa: E402
 from model import GPT, PRESETS  # noqa: E402
 from tokenizer import N_VOCAB  # noqa: E402
 
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped elsewhere); run them alone with -m cuda")
+    share_the_cores()
+
+
+def share_the_cores():
+    """Under pytest-xdist (pytest.ini's -n), each worker and the commands it starts get their share of the cores:
+    more threads than cores make torch's thread pools wait on each other, and the suite slower than one worker."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -161,3 +173,24 @@ def wait_for(condition, timeout):
             return True
         time.sleep(0.05)
     return False
+
+
+def children(pid):
+    """The pids whose parent is pid (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def rank_of(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    return int(env[b"RANK"])

@@ -74,3 +74,30 @@ def test_the_checks_behind_argparse_types():
         positive_int("1.5")
     assert positive(1) is None and positive(0) == "must be positive, got 0"
     assert fraction(0) is None and fraction(1) is None and fraction(-0.1) is not None
+
+
+def parse_with_files(argv):
+    return parse_dataclass(Knobs, PRESETS, argv, "a test script", no_more_checks, config_file=True)
+
+
+def test_a_config_file_sets_flags_after_the_preset_and_before_the_command_line(tmp_path, capsys):
+    file = tmp_path / "knobs.toml"
+    file.write_text('preset = "long"\nsteps = 7\nratio = 1\nverbose = true\n')  # an int where a float belongs: fine
+    assert parse_with_files(["--config", str(file)]) == Knobs(steps=7, ratio=1.0, name="fancy", verbose=True)
+    assert parse_with_files(["--config", str(file), "--steps", "9", "--preset", "default"]) == \
+        Knobs(steps=9, ratio=1.0, verbose=True)  # the command line over the file, and its preset over the file's
+    (tmp_path / "knobs.json").write_text('{"limit": 3, "name": "plain"}')
+    assert parse_with_files(["--config", str(tmp_path / "knobs.json")]) == Knobs(limit=3)
+    for text, message in (('stepz = 3', "unknown setting 'stepz'; did you mean 'steps'?"),
+                          ('steps = "7"', "steps = '7', where a int belongs"),
+                          ('ratio = 3.0', "--ratio must be in [0, 1], got 3.0"),
+                          ('preset = "short"', "preset 'short': choose from default, long"),
+                          ('steps = ', "--config")):
+        file.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            parse_with_files(["--config", str(file)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit):
+        parse_with_files(["--config", str(tmp_path / "none.toml")])
+    assert "none.toml: No such file or directory" in capsys.readouterr().err

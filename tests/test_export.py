@@ -72,8 +72,10 @@ def test_cli_and_its_errors(padded_checkpoint, tmp_path, capsys):
 
 def test_the_readme_pipeline_line_runs_on_a_model_with_a_short_context(padded_checkpoint, tmp_path):
     # transformers' text-generation pipeline asks for 256 new tokens unless the generation config says otherwise:
-    # past this model's 48 positions, that was an IndexError. The line is taken from the README as written.
-    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if "pipeline('text-generation'" in line)
+    # past this model's 48 positions, that was an IndexError. The line is taken from the docs as written.
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # where the pipeline line is shown
+    line = next(line for page in pages for line in page.read_text().splitlines()
+                if "pipeline('text-generation'" in line)
     command = line.strip().removeprefix("python ")
     assert "'hf/my-gpt2'" in command
     export_hf.export_hf(padded_checkpoint[0], tmp_path / "hf" / "my-gpt2")

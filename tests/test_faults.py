@@ -19,7 +19,7 @@ import torch
 
 import train_gpt2
 from checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from conftest import ROOT, log_events, run_cli_main, tiny_args, torchrun, wait_for
+from conftest import ROOT, children, log_events, rank_of, run_cli_main, tiny_args, torchrun, wait_for
 from train_gpt2 import parse_config, train
 
 # fp32 on the CPU: 2 ranks reduce the gradients in another order than one process sums them (see test_sharded.py)
@@ -369,7 +369,7 @@ def test_a_torchrun_restart_resumes_the_run_instead_of_acting_on_no_resume_again
             return len(sections) > 2 and re.search(rf"(?m)^{step} train ", sections[2])
 
         assert wait_for(lambda: new_run_past_step(4), 240)
-        rank1 = next(pid for pid in workers(proc.pid) if rank_of(pid) == 1)
+        rank1 = next(pid for pid in children(proc.pid) if rank_of(pid) == 1)
         os.kill(rank1, signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
     finally:
@@ -401,26 +401,6 @@ def test_a_restart_with_resume_from_continues_the_run_instead_of_going_back(shar
     assert code == 0 and f"resumed from {run / 'ckpt_000003.pt'} at step 3" in out, err
 
 
-def workers(pid):
-    """The pids whose parent is pid (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
-def rank_of(pid):
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-    return int(env[b"RANK"])
-
-
 def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -438,7 +418,7 @@ def test_workers_whose_torchrun_agent_is_killed_stop_with_a_checkpoint_and_say_w
     ranks = []
     try:
         assert wait_for(lambda: (run / "log.txt").exists() and 2 in log_events(run / "log.txt"), 240)
-        ranks = workers(agent.pid)
+        ranks = children(agent.pid)
         assert len(ranks) == 2
         os.kill(agent.pid, signal.SIGKILL)
         agent.wait()

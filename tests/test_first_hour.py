@@ -48,10 +48,8 @@ def test_the_resume_refusal_comes_before_a_sequence_length_error(shards, tmp_pat
 
 
 def test_no_data_points_to_fineweb_and_the_quickstart(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        parse_config(["--data-dir", str(tmp_path / "edu_fineweb10B")])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "python fineweb.py" in err and "--preset quickstart" in err
+    code, _, err = run_cli_main(train_gpt2.main, ["--data-dir", str(tmp_path / "edu_fineweb10B")], capsys)
+    assert code == 2 and "python fineweb.py" in err and "--preset quickstart" in err
 
 
 def test_the_quickstart_directory_is_recognised_however_written(monkeypatch, tmp_path, capsys):
@@ -76,9 +74,8 @@ def test_a_missing_checkpoint_lists_what_the_directory_holds(tiny_checkpoint, tm
 def test_files_where_directories_belong_and_directories_to_make(shards, tiny_checkpoint, tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    with pytest.raises(SystemExit) as e:
-        parse_config(tiny_args(shards, a_file))
-    assert e.value.code == 2 and f"--run-dir {a_file} is a file, not a directory" in capsys.readouterr().err
+    code, _, err = run_cli_main(train_gpt2.main, tiny_args(shards, a_file), capsys)
+    assert code == 2 and f"--run-dir {a_file} is a file, not a directory" in err
     result = subprocess.run([sys.executable, "fineweb.py", "--input", str(ROOT / "assets" / "shakespeare"), "--out",
                              str(a_file)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.strip() == f"fineweb.py: error: --out {a_file} is a file, not a " \
@@ -106,7 +103,7 @@ def test_hellaswag_data_that_is_a_directory_or_not_text(tiny_checkpoint, tmp_pat
 def test_help_and_usage_lines(capsys):
     with pytest.raises(SystemExit) as e:
         bench.main([])
-    assert e.value.code == 2 and "required: {train,generate,data}" in capsys.readouterr().err
+    assert e.value.code == 2 and "required: {train,generate,data,optimizers}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.main(["data", "-h"])
     data_help = capsys.readouterr().out

@@ -4,7 +4,6 @@ import os
 import re
 import subprocess
 
-import pytest
 
 import sample
 import train_gpt2

@@ -115,25 +115,17 @@ def test_a_pipe_whose_reader_exits_leaves_the_run_training_to_its_end(shards, tm
     assert_same_final_state(run, reference)
 
 
-def test_a_pipe_whose_reader_exits_under_torchrun(shards, tmp_path, reference):
+def test_a_pipe_whose_reader_exits_then_a_hang_up_of_torchrun(shards, tmp_path, reference):
+    """Under torchrun, the reader of the ranks' stdout exits after the first step: they train on, muted. Then
+    torchrun's agent takes SIGHUP (over nohup's ignore) and passes it on to the workers: they stop at one step
+    boundary with a checkpoint; the same command then continues to the one-process run within fp32 noise."""
     run = tmp_path / "run"
     proc = torchrun(run_args(shards, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     while "step     0 | loss" not in proc.stdout.readline():
         assert proc.poll() is None
     proc.stdout.close()
-    err = proc.communicate(timeout=300)[1]
-    assert proc.returncode == 0 and 'train_gpt2.py", line' not in err, err[-3000:]
-    assert "the console went away (stdout: EPIPE)" in (run / "log.txt").read_text()
-    ours, one = log_events(run / "log.txt"), log_events(reference / "log.txt")
-    assert sorted(ours) == sorted(one) and max(abs(ours[s] - one[s]) for s in one) <= FP32_NOISE
-
-
-def test_a_hang_up_of_torchrun_stops_every_rank_with_a_checkpoint(shards, tmp_path, reference):
-    """torchrun's agent takes SIGHUP (over nohup's ignore) and passes it on to the workers: they stop at one step
-    boundary with a checkpoint; the same command then continues to the one-process run within fp32 noise."""
-    run = tmp_path / "run"
-    proc = torchrun(run_args(shards, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert wait_for(lambda: train_lines(run) >= 2 or proc.poll() is not None, 240)
+    assert wait_for(lambda: "the console went away (stdout: EPIPE)" in (run / "log.txt").read_text() or
+                    proc.poll() is not None, 240)
     proc.send_signal(signal.SIGHUP)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode != 0 and 'train_gpt2.py", line' not in err, err[-3000:]
@@ -175,7 +167,8 @@ def test_signals_ignored_at_start_stay_ignored_and_sigterm_still_stops(shards, t
 
 def test_the_suite_does_not_depend_on_the_signal_dispositions_it_inherits():
     """The in-process stop tests, run by a pytest started with SIGINT ignored (`nohup python3 -m pytest ... &`)."""
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
                              "tests/test_lifecycle.py::test_second_signal_during_the_save_corrupts_nothing"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600, preexec_fn=ignoring_sigint_and_sighup)
+                            cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            preexec_fn=ignoring_sigint_and_sighup)
     assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-3000:]

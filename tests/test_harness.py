@@ -16,6 +16,7 @@ import export_hf
 import hellaswag
 from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import ROOT, WORDS
+from tokenizer import get_tokenizer
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is a test dependency: requirements-test.txt")
 
@@ -111,18 +112,34 @@ def test_harness_style_equals_lm_evaluation_harness_example_for_example(tiny_che
     assert report["acc_norm,none"] == pytest.approx(counts["harness_acc_norm_correct"] / 40)
 
 
-def test_harness_py_runs_the_harness_on_a_checkpoint_with_a_local_task(tiny_checkpoint, tmp_path):
-    """harness.py exports the checkpoint and runs lm_eval on it: its figures are the harness style of hellaswag.py."""
-    data, tasks = local_task(tmp_path)
-    result = subprocess.run([sys.executable, "harness.py", "--init", str(tiny_checkpoint), "--tasks", "hellaswag_local",
-                             "--include-path", str(tasks), "--output-path", str(tmp_path / "out")],
+def test_harness_py_runs_the_repositorys_example_task_as_the_readme_says(tiny_checkpoint, tmp_path):
+    """harness.py exports the checkpoint and runs lm_eval on the example task shipped in assets/harness/ (the
+    README's command): the harness's log-likelihood of every choice is our model's own, computed here."""
+    result = subprocess.run([sys.executable, "harness.py", "--init", str(tiny_checkpoint), "--tasks",
+                             "shakespeare_next_line", "--include-path", "assets/harness", "--limit", "12",
+                             "--output-path", str(tmp_path / "out")],
                             cwd=ROOT, env=offline(tmp_path), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "hellaswag_local" in result.stdout and "acc_norm" in result.stdout  # the harness's own table
-    report = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]["hellaswag_local"]
-    model = model_from_checkpoint(load_checkpoint(tiny_checkpoint)).eval()
-    counts = hellaswag.score_examples(model, hellaswag.load_examples(path=str(data)), torch.device("cpu"))
-    assert report["acc_norm,none"] == pytest.approx(counts["harness_acc_norm_correct"] / 40)
+    assert "shakespeare_next_line" in result.stdout and "acc_norm" in result.stdout  # the harness's own table
+    samples = sorted((json.loads(line) for path in (tmp_path / "out").rglob("samples_shakespeare_next_line_*.jsonl")
+                      for line in path.read_text().splitlines()), key=lambda sample: sample["doc_id"])
+    assert [s["doc_id"] for s in samples] == list(range(12))
+    import datasets
+
+    sys.path.insert(0, str(ROOT / "assets" / "harness"))
+    from shakespeare_next_line import process_docs
+
+    docs = process_docs(datasets.load_dataset("text", data_files={"test": str(ROOT / "assets" / "shakespeare" /
+                                                                               "hamlet.txt")})["test"])
+    enc, model = get_tokenizer(), model_from_checkpoint(load_checkpoint(tiny_checkpoint)).eval()
+    for sample, doc in zip(samples, docs):
+        context = enc.encode(doc["context"])  # then a newline (the task's target delimiter) and the choice
+        continuations = [enc.encode(doc["context"] + "\n" + choice)[len(context):] for choice in doc["choices"]]
+        with torch.no_grad():
+            ours = hellaswag.ending_log_likelihoods(model, [(context, continuations, [])], 64, torch.device("cpu"))
+        theirs = [float(response[0]) for response in sample["filtered_resps"]]
+        assert max(abs(a - b) for a, b in zip(ours[0].tolist(), theirs)) < 1e-4, sample["doc_id"]
+        assert int(sample["target"]) == doc["label"]
 
 
 def test_harness_py_names_an_unknown_task_in_one_line_before_it_exports_anything(tiny_checkpoint, tmp_path):

@@ -16,7 +16,7 @@ import torch
 
 from checkpoint import TrainState, list_checkpoints, load_checkpoint
 from cli import Exit
-from conftest import ROOT, log_events, make_hellaswag_file, tiny_args, torchrun, wait_for
+from conftest import ROOT, children, log_events, make_hellaswag_file, rank_of, tiny_args, torchrun, wait_for
 from dataloader import ShardLoader
 from distributed import Ranks, lost_contact
 from train_gpt2 import parse_config, train
@@ -244,27 +244,6 @@ def test_torchrun_stopped_by_sigterm_and_sigint_resumes_and_matches_one_process(
     harness = log_events(one / "log.txt", "hella_harness")[STEPS]
     assert out.count("eval-only") == 1 and f"ckpt_{STEPS:06d}.pt: val loss {val:.4f}" in out
     assert f"HellaSwag acc_norm {acc:.4f} (completion style) | {harness:.4f} (harness style) on 8 examples" in out
-
-
-def children(pid):
-    """The pids whose parent is pid (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
-def rank_of(pid):
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-    return int(env[b"RANK"])
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the torchrun workers through /proc")

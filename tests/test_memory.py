@@ -7,7 +7,6 @@ import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 import train_gpt2
-from distributed import Ranks
 from memory import GIB, Setting, changes_that_fit, estimate, fit_report, saved_for_backward, total
 from model import GPT, GPTConfig, config_from_preset
 
@@ -86,8 +85,7 @@ def test_a_run_that_does_not_fit_is_told_which_flags_would_make_it_fit():
 @pytest.mark.parametrize("preset", ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
 def test_each_gpt2_preset_fits_an_80_gb_gpu_on_8_ranks(preset):
     """The estimate a run summary prints for `torchrun --nproc_per_node=8 train_gpt2.py --preset ...` in bf16."""
-    cfg = train_gpt2.TrainConfig(**train_gpt2.TRAIN_PRESETS[preset])
-    ctx = train_gpt2.RunContext(cfg, Ranks(world_size=8), torch.device("cpu"), torch.bfloat16, None, None)
-    setting = ctx.memory_setting(train_gpt2.config_for_run(cfg))
+    cfg = train_gpt2.parse_config(["--preset", preset])
+    setting = train_gpt2.memory_setting(cfg, 8, torch.bfloat16, train_gpt2.config_for_run(cfg))
     assert setting.world_size == 8 and setting.config.n_layer == config_from_preset(cfg.model or "gpt2").n_layer
     assert total(setting) <= 0.9 * 80 * GIB, (preset, total(setting) / GIB)

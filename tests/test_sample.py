@@ -173,3 +173,52 @@ def test_sample_decodes_from_weights_in_the_compute_dtype(tiny_checkpoint, monke
         expected = sample.sample_texts(model_from_checkpoint(load_checkpoint(tiny_checkpoint)), "Hello", 2, 8,
                                        torch.device("cpu"), temperature=0)
         assert out.splitlines() == [f"sample {i}: {text}" for i, text in enumerate(expected, start=1)]
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p,penalty", [
+    (1.0, None, 0.9, 1.0), (0.7, 50, 0.5, 1.3), (1.3, 200, 0.95, 0.8), (1.0, None, 1.0, 1.5), (0.0, None, 1.0, 1.2),
+])
+def test_top_p_and_the_repetition_penalty_are_transformers_own_on_the_same_logits(temperature, top_k, top_p,
+                                                                                penalty):
+    """Our filtered logits against transformers' own logits processors, in the order its generate applies them
+    (repetition penalty, then temperature, top-k, top-p): the same tokens left out, the same values for the rest
+    (fp32, ~1e-6 of rounding in the division by the temperature)."""
+    from transformers import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
+                              TopPLogitsWarper)
+
+    from generate import filter_logits
+
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(6, 500)
+    previous = torch.randint(0, 500, (6, 40))  # the prompt and the tokens generated so far
+    ours = filter_logits(logits, temperature, top_k, top_p, penalty, previous)
+    theirs = logits.clone()
+    if penalty != 1.0:
+        theirs = RepetitionPenaltyLogitsProcessor(penalty)(previous, theirs)
+    if temperature:
+        theirs = TemperatureLogitsWarper(temperature)(previous, theirs)
+        if top_k:
+            theirs = TopKLogitsWarper(top_k)(previous, theirs)
+        if top_p < 1.0:
+            theirs = TopPLogitsWarper(top_p)(previous, theirs)
+    left_out = torch.isinf(theirs)
+    assert torch.equal(torch.isinf(ours), left_out)
+    assert (top_p == 1.0 and not top_k) or left_out.any()
+    assert torch.allclose(ours[~left_out], theirs[~left_out], atol=1e-6, rtol=0)
+
+
+def test_top_p_samples_only_within_the_nucleus_and_the_flags_are_checked(tiny_checkpoint, capsys):
+    from generate import sample_next
+
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]]).repeat(4000, 1)
+    draws = sample_next(logits, 1.0, None, torch.Generator().manual_seed(0), top_p=0.8)
+    probs = torch.softmax(logits[0], dim=0)  # 0.64, 0.24, 0.09, ...: the first two hold 0.88 >= 0.8
+    assert set(draws.flatten().tolist()) == {0, 1}
+    share = (draws == 0).double().mean().item()
+    assert abs(share - probs[0] / (probs[0] + probs[1])) < 0.03
+    args = ["--init", str(tiny_checkpoint), "-n", "2", "-m", "6", "--device", "cpu"]
+    code, nucleus, err = run_main([*args, "--top-p", "0.5", "--repetition-penalty", "1.3"], capsys)
+    assert code == 0 and nucleus == run_main([*args, "--top-p", "0.5", "--repetition-penalty", "1.3"], capsys)[1]
+    for flag, value in (("--top-p", "0"), ("--top-p", "1.5"), ("--repetition-penalty", "0")):
+        code, _, err = run_main([*args, flag, value], capsys)
+        assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, err

@@ -141,7 +141,7 @@ def test_sigterm_then_rerun_continues_the_sharded_run_bitwise(shards, hellaswag,
 
 
 def test_sharded_checkpoints_resume_at_other_world_sizes(shards, hellaswag, sharded, tmp_path):
-    """2 ranks -> 1 process, then 1 -> 2 -> 3 ranks (768 tokens a step divide among 1, 2 and 3): the loader's
+    """2 ranks -> 1 process, then 1 process -> 3 ranks (768 tokens a step divide among 1, 2 and 3): the loader's
     position and the optimizer carry over; losses and weights within fp32 noise of an unbroken run."""
     shutil.copytree(sharded, tmp_path / "two_to_one")
     shutil.rmtree(tmp_path / "two_to_one" / f"ckpt_{STEPS:06d}")
@@ -152,19 +152,17 @@ def test_sharded_checkpoints_resume_at_other_world_sizes(shards, hellaswag, shar
     final = f"ckpt_{STEPS:06d}"
     assert max_difference(weights(tmp_path / "two_to_one" / final), weights(sharded / final)) <= WEIGHT_NOISE
 
-    # 1 -> 2 -> 3: one process writes steps 2, 4, 6; 2 ranks resume from 2 (4 and 6 removed), 3 ranks from the 4
-    # that the 2 ranks wrote; the same command every time
+    # 1 -> 3: one process writes steps 2, 4, 6; 3 ranks resume from 2 (4 and 6 removed); the same command both times
     batch = ["--total-batch-size", "768", "--checkpoint-interval", "2", "--eval-interval", "2"]
     reference = train(parse_config(run_args(shards, tmp_path / "reference", hellaswag, *batch)))
     chain, args = tmp_path / "chain", run_args(shards, tmp_path / "chain", hellaswag, *SHARDED, *batch)
     train(parse_config(args))
-    for nproc, resume_from in ((2, 2), (3, 4)):
-        for path in list_checkpoints(chain):
-            if load_checkpoint(path)["step"] > resume_from:
-                shutil.rmtree(path)
-        out, _ = finish(torchrun(args, nproc=nproc, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-        assert f"resumed from {chain / f'ckpt_{resume_from:06d}'}" in out and f"{nproc} ranks" in out
-    losses = log_events(chain / "log.txt")  # the last line of each step: 0-1 of one process, 2-3 of 2 ranks, 4-5 of 3
+    for path in list_checkpoints(chain):
+        if load_checkpoint(path)["step"] > 2:
+            shutil.rmtree(path)
+    out, _ = finish(torchrun(args, nproc=3, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    assert f"resumed from {chain / 'ckpt_000002'}" in out and "3 ranks" in out
+    losses = log_events(chain / "log.txt")  # the last line of each step: 0-1 of one process, 2-5 of 3 ranks
     assert max(abs(losses[s] - reference["losses"][s]) for s in range(STEPS)) <= FP32_NOISE
     assert max_difference(weights(chain / final), weights(tmp_path / "reference" / f"{final}.pt")) <= WEIGHT_NOISE
 

@@ -90,7 +90,7 @@ def test_the_checkpoint_keys_documented_in_checkpoint_py_are_what_a_run_saves(sh
     documented = re.findall(r"(?m)^  (\w+) {2,}\S", checkpoint.__doc__)  # the key list, documented once
     train(parse_config(tiny_args(shards, tmp_path, "--max-steps", "1", "--warmup-steps", "0")))
     saved = load_checkpoint(tmp_path / "ckpt_000001.pt")
-    assert len(documented) >= 10 and set(saved) == set(documented) - {"scaler"}  # the scaler: fp16 runs only
+    assert len(documented) >= 10 and set(saved) == set(documented) - {"scaler", "muon"}  # fp16, Muon runs only
 
 
 # The first 20 train losses of a fixed tiny run (seed 1337, one CPU thread), stored so that any silent change to the
@@ -197,7 +197,8 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(shards, t
     [
         (["--total-batch-size", "1000"], "--total-batch-size 1000 is not divisible"),
         (["--warmup-steps", "50"], "--warmup-steps 50 is longer than the run"),
-        (["--seq-len", "128", "--total-batch-size", "512"], "--seq-len 128 is longer than the model's context"),
+        (["--seq-len", "128", "--total-batch-size", "512", "--val-tokens", "512"],
+         "--seq-len 128 is longer than the model's context"),
         (["--model", "gpt9"], "--model 'gpt9'"),
         (["--micro-batch-size", "0"], "--micro-batch-size must be positive"),
         (["--max-lr", "fast"], "--max-lr"),
@@ -213,10 +214,8 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(shards, t
     ],
 )
 def test_bad_flags_give_one_line_errors(shards, tmp_path, extra, message, capsys):
-    with pytest.raises(SystemExit) as e:
-        parse_config(tiny_args(shards, tmp_path / "run", *extra))
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli_main(train_gpt2.main, tiny_args(shards, tmp_path / "run", *extra), capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
@@ -225,10 +224,9 @@ def test_cuda_graph_modes_are_accepted_with_one_micro_step_and_a_mode_without_co
     one_micro_step = ["--total-batch-size", "128", "--compile", "--compile-mode", "reduce-overhead"]
     assert parse_config(tiny_args(shards, tmp_path, *one_micro_step)).compile_mode == "reduce-overhead"
     for off, why in ([], "compile is off by default on cpu"), (["--no-compile"], "--no-compile is given"):
-        with pytest.raises(SystemExit) as e:
-            parse_config(tiny_args(shards, tmp_path, "--compile-mode", "max-autotune", *off))
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and f"--compile-mode max-autotune does nothing: {why}" in err, err
+        code, _, err = run_cli_main(train_gpt2.main, tiny_args(shards, tmp_path, "--compile-mode", "max-autotune",
+                                                               *off), capsys)
+        assert code == 2 and f"--compile-mode max-autotune does nothing: {why}" in err, err
 
 
 def test_validation_computes_the_loss_as_training_does(shards, tmp_path, monkeypatch):
@@ -263,9 +261,10 @@ def test_help_lists_every_model_shape_and_shows_a_presets_values_once(capsys):
 
 
 def test_data_dir_without_shards_is_named(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        parse_config(["--data-dir", str(tmp_path)])
-    assert e.value.code == 2 and "--data-dir: no 'train' shards" in capsys.readouterr().err
+    """A usage error when the run starts: parsing the command line touches no disk."""
+    assert parse_config(["--data-dir", str(tmp_path)]).data_dir == str(tmp_path)
+    code, _, err = run_cli_main(train_gpt2.main, ["--data-dir", str(tmp_path)], capsys)
+    assert code == 2 and "--data-dir: no 'train' shards" in err
 
 
 def test_quickstart_preset_and_explicit_resume(shards, tmp_path, capsys):
@@ -372,9 +371,8 @@ def test_speed_levers_train_the_same_model(shards, tmp_path, capsys):
     assert abs(plain["val_loss"] - fast["val_loss"]) < 1e-5
     assert "attention math, loss in chunks of 48" in (tmp_path / "levers" / "log.txt").read_text()
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit) as e:
-            parse_config(tiny_args(shards, tmp_path, "--attention", "cudnn"))
-        assert e.value.code == 2 and "needs CUDA" in capsys.readouterr().err
+        code, _, err = run_cli_main(train_gpt2.main, tiny_args(shards, tmp_path, "--attention", "cudnn"), capsys)
+        assert code == 2 and "needs CUDA" in err
 
 
 def test_ctrl_c_during_eval_only_records_nothing(shards, tmp_path, monkeypatch, capsys):
@@ -414,3 +412,18 @@ def test_document_shuffle_trains_resumes_bitwise_and_is_guarded(shards, tmp_path
     with pytest.raises(SystemExit):
         parse_config(tiny_args(shards, tmp_path / "x", "--shuffle", "--shuffle-documents"))
     assert "pick one" in capsys.readouterr().err
+
+
+def test_a_run_directorys_config_toml_repeats_its_run_and_a_config_file_resumes_as_the_command_line(shards,
+                                                                                                 tmp_path):
+    import tomllib
+
+    first = train(parse_config(tiny_args(shards, tmp_path / "a", "--max-lr", "3e-3", "--no-resume")))
+    saved = tomllib.loads((tmp_path / "a" / "config.toml").read_text())
+    assert saved["max_lr"] == 3e-3 and saved["run_dir"] == str(tmp_path / "a") and "resume" not in saved
+    again = train(parse_config(["--config", str(tmp_path / "a" / "config.toml"), "--run-dir", str(tmp_path / "b")]))
+    assert again["losses"] == first["losses"]  # bitwise: the same run
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    (tmp_path / "c" / "ckpt_000006.pt").unlink()
+    args = ["--config", str(tmp_path / "a" / "config.toml"), "--run-dir", str(tmp_path / "c")]
+    assert train(parse_config(args))["losses"] == first["losses"][3:]  # resumed as the command line would
