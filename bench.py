@@ -12,8 +12,10 @@ Every figure is the median of --repeats timed runs after --warmup untimed ones. 
 instead of the table.
 """
 
+import contextlib
 import json
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -50,7 +52,8 @@ from fineweb import BUNDLED_CORPUS, expand_inputs, iter_local_documents
 from memory import GIB, Setting
 from memory import total as memory_total
 from metrics import mfu_percent
-from model import GPT, PADDED_VOCAB_SIZE, config_from_preset, configure_optimizers
+from model import GPT, PADDED_VOCAB_SIZE, config_from_preset
+from optim import configure_optimizers
 from tokenizer import N_VOCAB, get_tokenizer
 
 ROOT = Path(__file__).resolve().parent
@@ -432,26 +435,31 @@ def bench_data(args) -> None:
     report(f"cpu, {len(docs)} documents", rows, ["impl", "tokens", "tokens_per_s", "ms_per_batch"], ratios, args.json)
 
 
-def optimizer_run(args: Any, optimizer: str, lr: float, seed: int) -> dict[str, Any]:
-    """One train_gpt2.py run of the preset (in a directory of its own, removed after): its val curve ({tokens:
-    loss}), final val loss and median step time."""
+def optimizer_run(args: Any, lrs: dict[str, float], seed: int) -> dict[str, Any]:
+    """One train_gpt2.py run of the preset (in a directory of its own, removed after) at these peak learning rates
+    ({"adamw": ...} or, with Muon, {"adamw": its AdamW part's, "muon": ...}): its val curve ({tokens: loss}), final
+    val loss and median step time."""
     from train_gpt2 import parse_config, train
 
+    optimizer = "muon" if "muon" in lrs else "adamw"
     with tempfile.TemporaryDirectory(prefix="bench-optimizer-") as run_dir:
         flags = ["--preset", args.preset, "--optimizer", optimizer, "--seed", str(seed), "--run-dir", run_dir,
                  "--eval-interval", str(args.eval_interval), "--sample-interval", "0", "--hellaswag-interval", "0",
                  "--checkpoint-interval", "0", "--checkpoint-minutes", "0", "--no-tensorboard",
-                 "--max-lr" if optimizer == "adamw" else "--muon-lr", str(lr)]
+                 "--max-lr", str(lrs["adamw"])]
+        flags += ["--muon-lr", str(lrs["muon"])] if optimizer == "muon" else []
         flags += ["--model", args.model] if args.model else []
+        flags += shlex.split(args.train_args)
         flags += ["--max-steps", str(args.max_steps)] if args.max_steps else []
         cfg = parse_config(flags)
-        result = train(cfg)
+        with contextlib.redirect_stdout(sys.stderr):  # the runs' console beside the progress; stdout: the report
+            result = train(cfg)
         curve = {}
         for line in (Path(run_dir) / "log.txt").read_text().splitlines():
             step, kind, value = (line.split() + ["", ""])[:3]
             if kind == "val":
                 curve[int(step) * cfg.total_batch_size] = float(value)
-    progress(f"{optimizer} lr {lr:g} seed {seed}: val {result['val_loss']:.4f}")
+    progress(f"{optimizer} lr {lrs[optimizer]:g} seed {seed}: val {result['val_loss']:.4f}")
     step_ms = 1000 * statistics.median(result["step_times"][1:])  # the first step includes the warm-up
     return {"curve": curve, "val": result["val_loss"], "ms_per_step": step_ms}
 
@@ -467,12 +475,14 @@ def tokens_to_reach(curve: dict[int, float], target: float) -> Optional[float]:
 
 def bench_optimizers(args) -> None:
     """Each optimizer's learning rate swept on the first seed, then its best one on every seed; AdamW's mean final
-    val loss is the target that Muon's curves are read against."""
+    val loss is the target that Muon's curves are read against. Muon's runs keep AdamW's best learning rate for
+    the parameters AdamW still trains (embeddings, norms, biases): only the block matrices' optimizer changes."""
     best, runs = {}, {}
     for optimizer, lrs in (("adamw", args.adamw_lr), ("muon", args.muon_lr)):
-        sweep = {lr: optimizer_run(args, optimizer, lr, args.seeds[0]) for lr in lrs}
+        rates = {lr: {**best, optimizer: lr} for lr in lrs}  # muon's runs: AdamW's best, then Muon's lr
+        sweep = {lr: optimizer_run(args, rates[lr], args.seeds[0]) for lr in lrs}
         best[optimizer] = min(sweep, key=lambda lr: sweep[lr]["val"])
-        runs[optimizer] = [sweep[best[optimizer]]] + [optimizer_run(args, optimizer, best[optimizer], seed)
+        runs[optimizer] = [sweep[best[optimizer]]] + [optimizer_run(args, rates[best[optimizer]], seed)
                                                       for seed in args.seeds[1:]]
         for lr, run in sweep.items():
             progress(f"sweep: {optimizer} lr {lr:g}: final val {run['val']:.4f}")
@@ -564,6 +574,8 @@ class OptimizerBench:
 
     preset: str = option("quickstart", "the train_gpt2.py preset trained: its data, schedule and length")
     model: Optional[str] = option(None, "another shape (model.PRESETS) in the preset's run")
+    train_args: str = option("", "more train_gpt2.py flags for every run, in one string: \"--seq-len 64 --data-dir "
+                                 "DIR\"")
     max_steps: Optional[int] = option(None, "steps of each run (when not given, the preset's)", positive)
     seeds: list[int] = option([1337, 1338, 1339], "the seeds of the model init, each a run per optimizer", nargs="+")
     adamw_lr: list[float] = option([5e-4, 1e-3, 2e-3, 4e-3], "AdamW peak learning rates swept (first seed)",

@@ -5,14 +5,15 @@ request; and the one way a run starts: stop handlers, the process group, the log
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
-from cli import StopRequest
+from cli import Exit, StopRequest
 from dataloader import ShardLoader
 from devices import allow_tf32, autocast, compile_model, compile_wanted, pick_dtype
 from distributed import Ranks, process_group, under_torchrun
+from files import hold_directory
 from metrics import RunLog
 
 
@@ -53,20 +54,33 @@ class RunContext:
                            vocab_size=vocab_size)
 
 
-def holding_nothing(ranks: Ranks) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()
-
-
 @contextlib.contextmanager
-def started(cfg: Any, log_dir: str, rerun: str = "rerun the same command",
-            holding: Callable[[Ranks], contextlib.AbstractContextManager] = holding_nothing) -> Iterator[RunContext]:
+def started(cfg: Any, log_dir: str, rerun: str = "rerun the same command", hold: bool = False) -> Iterator[RunContext]:
     """A run of cfg in this process, alone or as one rank of a torchrun job: SIGINT, SIGTERM and SIGHUP (and under
     torchrun the end of its agent) are stop requests while it lasts (see StopRequest); the process group is joined
-    and left; holding(ranks) is entered once the ranks can agree (a training run's lock on its directory); the
+    and left; with `hold` (a training run), log_dir is held once the ranks can agree (see holding_run_dir); the
     master writes log_dir's log.txt."""
     ranks = Ranks.from_environment()
     with StopRequest(watch_parent=under_torchrun()) as stop, \
-            process_group(ranks, cfg.device, cfg.dist_timeout, rerun) as device, holding(ranks), \
+            process_group(ranks, cfg.device, cfg.dist_timeout, rerun) as device, \
+            holding_run_dir(log_dir, ranks) if hold else contextlib.nullcontext(), \
             RunLog(Path(log_dir), ranks.master) as log:
         allow_tf32(device)
         yield RunContext(cfg, ranks, device, pick_dtype(device, cfg.dtype), log, stop, rerun)
+
+
+@contextlib.contextmanager
+def holding_run_dir(run_dir: str, ranks: Ranks) -> Iterator[None]:
+    """A training run holds its run directory for its whole life (the master rank, an OS-level lock: released on any
+    exit, SIGKILL included), so that a second run there is refused in one line naming the process that holds it,
+    before it writes anything. Every rank learns of the refusal."""
+    with contextlib.ExitStack() as held:
+        refusal = None
+        if ranks.master:
+            try:
+                held.enter_context(hold_directory(run_dir, "a training run"))
+            except BlockingIOError as e:
+                refusal = ValueError(f"--run-dir {e}")
+        if ranks.any_rank(refusal is not None)[0]:
+            raise refusal or Exit("", 1)  # the master says why
+        yield

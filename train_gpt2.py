@@ -18,20 +18,19 @@ if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is not signal.SIG_
     # import below it interrupted (an ignored SIGINT stays ignored).
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import math  # noqa: E402
 import random  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Iterator, Optional  # noqa: E402
+from typing import Any, Optional  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from checkpoint import DEFAULT_RUN_DIR, CheckpointSchedule, TrainState, checkpoint_path  # noqa: E402
 from checkpoint import config_from_checkpoint, load_model, newest_checkpoint, what_is_there  # noqa: E402
-from cli import Exit, UsageError, check_fields, fraction, non_negative, option, parse_dataclass  # noqa: E402
+from cli import UsageError, check_fields, fraction, non_negative, option, parse_dataclass  # noqa: E402
 from cli import positive, run_cli, seed_range, write_config_file  # noqa: E402
 from context import RunContext, started  # noqa: E402
 from dataloader import check_data_dir, data_fingerprint  # noqa: E402
@@ -40,14 +39,13 @@ from devices import (ATTENTION_BACKENDS, COMPILE_MODES, DEVICE_FLAG, DTYPE_FLAG,
 from distributed import CHECKPOINTING, PARALLEL_MODES, Ranks, check_fsdp, clip_grad_norm, gradient_sync  # noqa: E402
 from distributed import parallelize  # noqa: E402
 from evaluate import Evaluator, evaluate_model, take_the_evaluated_runs  # noqa: E402
-from files import hold_directory  # noqa: E402
 from fineweb import BUNDLED_CORPUS, QUICKSTART_DATA, bundled_corpus_missing, is_quickstart_data  # noqa: E402
 from fineweb import tokenize_bundled_corpus  # noqa: E402
 from hellaswag import load_for_training  # noqa: E402
 from memory import Setting, fit_report  # noqa: E402
 from metrics import StepTimer, check_wandb_installed, run_summary  # noqa: E402
 from model import DEFAULT_MODEL, GPT, PADDED_VOCAB_SIZE, PRESETS, GPTConfig, config_from_preset  # noqa: E402
-from model import configure_muon, configure_optimizers, muon_available  # noqa: E402
+from optim import configure_muon, configure_optimizers, muon_available  # noqa: E402
 from resume import ResumePoint, continue_from, first_start_only, rerun_advice, resume_point  # noqa: E402
 from resume import shape_conflicts, shape_given  # noqa: E402
 from tokenizer import N_VOCAB  # noqa: E402
@@ -458,34 +456,16 @@ def check_total_batch(cfg: TrainConfig, world_size: int) -> None:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run cfg in this process, alone or as one rank of a torchrun job, holding the run directory (see
-    holding_run_dir); with --eval-only, evaluate instead (evaluate.py's evaluation)."""
+    context.holding_run_dir); with --eval-only, evaluate instead (evaluate.py's evaluation)."""
     check_environment(cfg, Ranks.from_environment().world_size)
     rerun = rerun_advice(cfg)
     cfg, restarted = first_start_only(cfg)
-    holding = (lambda ranks: contextlib.nullcontext()) if cfg.eval_only else lambda ranks: holding_run_dir(cfg, ranks)
-    with started(cfg, cfg.run_dir, rerun, holding) as ctx:
+    with started(cfg, cfg.run_dir, rerun, hold=not cfg.eval_only) as ctx:
         if restarted:
             ctx.log.note(restarted)
         if cfg.eval_only:
             return evaluate_model(ctx, cfg.init_from, cfg.hellaswag_interval > 0, lambda: prepare_data(ctx))
         return run(ctx)
-
-
-@contextlib.contextmanager
-def holding_run_dir(cfg: TrainConfig, ranks: Ranks) -> Iterator[None]:
-    """A training run holds its run directory for its whole life (the master rank, an OS-level lock: released on any
-    exit, SIGKILL included), so that a second run there is refused in one line naming the process that holds it,
-    before it writes anything. Every rank learns of the refusal."""
-    with contextlib.ExitStack() as held:
-        refusal = None
-        if ranks.master:
-            try:
-                held.enter_context(hold_directory(cfg.run_dir, "a training run"))
-            except BlockingIOError as e:
-                refusal = ValueError(f"--run-dir {e}")
-        if ranks.any_rank(refusal is not None)[0]:
-            raise refusal or Exit("", 1)  # the master says why
-        yield
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -84,3 +84,32 @@ def test_a_graph_compiled_after_the_first_step_is_a_fault_not_a_figure():
     assert bench.train_row(fixed, 16, 1000, None, args)["tokens_per_s"] > 0
     row = bench.train_row(changing, 16, 1000, None, args)
     assert row["tokens_per_s"] is None and row["mfu_percent"] is None and row["recompiles"] == 3
+
+
+def test_tokens_to_reach_interpolates_between_evaluations():
+    curve = {0: 10.0, 100: 8.0, 200: 6.0, 300: 6.0}
+    assert bench.tokens_to_reach(curve, 7.0) == 150  # halfway from 8 to 6
+    assert bench.tokens_to_reach(curve, 8.0) == 100
+    assert bench.tokens_to_reach(curve, 5.9) is None
+
+
+def test_optimizers_benchmark_runs_muon_with_adamws_best_learning_rate(shards, tmp_path, capsys):
+    """The sweep picks each optimizer's lowest final val loss; Muon's run is the one train_gpt2.py gives with
+    AdamW's best --max-lr beside its --muon-lr (the same val loss, run here on its own)."""
+    from train_gpt2 import parse_config, train
+
+    common = ["--preset", "quickstart", "--model", "tiny", "--max-steps", "6"]
+    train_args = ["--data-dir", str(shards), "--total-batch-size", "256", "--micro-batch-size", "4", "--seq-len", "32",
+                  "--warmup-steps", "2", "--val-tokens", "256"]
+    bench.main(["optimizers", *common, "--train-args", " ".join(train_args), "--eval-interval", "2", "--seeds", "5",
+                "--adamw-lr", "1e-3", "3e-3", "--muon-lr", "2e-3", "--json"])
+    adamw, muon = json.loads(capsys.readouterr().out)["rows"]
+    assert (adamw["optimizer"], muon["optimizer"], muon["lr"]) == ("adamw", "muon", 2e-3)
+    flags = [*common, *train_args, "--seed", "5", "--eval-interval", "2", "--sample-interval", "0",
+             "--checkpoint-interval", "0", "--no-tensorboard"]
+    vals = {lr: train(parse_config([*flags, "--run-dir", str(tmp_path / f"adamw{lr}"), "--max-lr", lr]))["val_loss"]
+            for lr in ("1e-3", "3e-3")}
+    assert adamw["lr"] == float(min(vals, key=vals.get)) and adamw["val_mean"] == min(vals.values())
+    alone = train(parse_config([*flags, "--run-dir", str(tmp_path / "muon"), "--optimizer", "muon",
+                                "--max-lr", str(adamw["lr"]), "--muon-lr", "2e-3"]))
+    assert muon["val_mean"] == alone["val_loss"]  # one process, same seed: the same run, bit for bit

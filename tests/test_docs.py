@@ -77,3 +77,9 @@ def test_the_readme_is_a_short_front_door():
     headings = re.findall(r"(?m)^## (.+)$", text)
     assert headings[:3] == ["Two commands", "Sample", "The real run: GPT-2 124M on FineWeb-Edu"]
     assert "pip install -r requirements-test.txt && python3 -m pytest -q tests" in text  # what CI runs
+
+
+def test_the_readmes_file_table_names_every_module():
+    first_cells = re.findall(r"(?m)^\| (`[^|]+) \|", (ROOT / "README.md").read_text())
+    named = [name for cell in first_cells for name in re.findall(r"`([^`/]+\.py)`", cell)]
+    assert sorted(named) == sorted(path.name for path in ROOT.glob("*.py"))

@@ -11,7 +11,8 @@ import torch
 import train_gpt2
 from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import log_events, run_cli_main, tiny_args, torchrun
-from model import GPT, GPTConfig, configure_muon
+from model import GPT, GPTConfig
+from optim import configure_muon
 from train_gpt2 import parse_config, train
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
