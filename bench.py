@@ -54,6 +54,7 @@ from memory import total as memory_total
 from metrics import mfu_percent
 from model import GPT, PADDED_VOCAB_SIZE, config_from_preset
 from optim import configure_optimizers
+from plot import parse_log
 from tokenizer import N_VOCAB, get_tokenizer
 
 ROOT = Path(__file__).resolve().parent
@@ -454,11 +455,7 @@ def optimizer_run(args: Any, lrs: dict[str, float], seed: int) -> dict[str, Any]
         cfg = parse_config(flags)
         with contextlib.redirect_stdout(sys.stderr):  # the runs' console beside the progress; stdout: the report
             result = train(cfg)
-        curve = {}
-        for line in (Path(run_dir) / "log.txt").read_text().splitlines():
-            step, kind, value = (line.split() + ["", ""])[:3]
-            if kind == "val":
-                curve[int(step) * cfg.total_batch_size] = float(value)
+        curve = {step * cfg.total_batch_size: loss for step, loss in parse_log(Path(run_dir) / "log.txt")["val"]}
     progress(f"{optimizer} lr {lrs[optimizer]:g} seed {seed}: val {result['val_loss']:.4f}")
     step_ms = 1000 * statistics.median(result["step_times"][1:])  # the first step includes the warm-up
     return {"curve": curve, "val": result["val_loss"], "ms_per_step": step_ms}
@@ -578,9 +575,9 @@ class OptimizerBench:
                                  "DIR\"")
     max_steps: Optional[int] = option(None, "steps of each run (when not given, the preset's)", positive)
     seeds: list[int] = option([1337, 1338, 1339], "the seeds of the model init, each a run per optimizer", nargs="+")
-    adamw_lr: list[float] = option([5e-4, 1e-3, 2e-3, 4e-3], "AdamW peak learning rates swept (first seed)",
+    adamw_lr: list[float] = option([5e-4, 1e-3, 2e-3], "AdamW peak learning rates swept (first seed)",
                                    each(positive), nargs="+")
-    muon_lr: list[float] = option([1e-3, 2e-3, 3e-3, 6e-3], "Muon peak learning rates swept (first seed)",
+    muon_lr: list[float] = option([1e-3, 2e-3, 4e-3, 8e-3], "Muon peak learning rates swept (first seed)",
                                   each(positive), nargs="+")
     eval_interval: int = option(10, "steps between val losses, the curve that says when Muon reaches AdamW's final",
                                 positive)
